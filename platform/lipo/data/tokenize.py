@@ -1,0 +1,128 @@
+"""Tokenisation and truncation of list records, shared by training, build-lists (reference log-probs) and eval.
+
+Rules (one place, so precomputed and on-the-fly log-probs see the same tokens):
+- The prompt goes through the tokenizer's chat template when it has one (a plain string becomes one user message);
+  otherwise it is encoded as text after the BOS token. `max_prompt_tokens` keeps the END of the prompt, where the
+  question usually is.
+- Each response is encoded without special tokens and closed with EOS, so the policy learns to stop.
+  `max_response_tokens` keeps its START.
+- A response with no tokens left, or whose tokens equal an earlier response of its list, is dropped (with its label,
+  reward and reference log-prob); the first copy of a duplicate is kept. A list left with fewer than 2 responses is
+  dropped. Every drop and truncation is counted in `TokenizeStats`.
+
+    tl, stats = tokenize_list(row, tokenizer, TokenizeSpec(max_prompt_tokens=512, max_response_tokens=256))
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TokenizeSpec:
+    max_prompt_tokens: int = 512
+    max_response_tokens: int = 256
+
+
+@dataclass
+class TokenizeStats:
+    """Counts of what tokenisation truncated or dropped; summed across batches and logged to MLflow."""
+
+    counts: Counter = field(default_factory=Counter)
+
+    def add(self, other: "TokenizeStats") -> None:
+        self.counts.update(other.counts)
+
+    def as_metrics(self, prefix: str = "data/") -> dict[str, float]:
+        keys = ("lists_in", "lists_kept", "prompt_truncated", "response_truncated", "dropped_empty_response",
+                "dropped_duplicate_response", "dropped_list_too_few_responses")
+        return {f"{prefix}{k}": float(self.counts.get(k, 0)) for k in keys}
+
+    def summary(self) -> str:
+        m = self.as_metrics(prefix="")
+        return ", ".join(f"{k}={int(v)}" for k, v in m.items())
+
+
+def prompt_messages(prompt: Any) -> list[dict[str, str]]:
+    """Chat messages for a prompt stored as text, as a JSON-encoded message list, or as a list of dicts."""
+    if isinstance(prompt, str):
+        text = prompt.strip()
+        if text.startswith("[") and text.endswith("]"):
+            try:
+                msgs = json.loads(text)
+                if isinstance(msgs, list) and all(isinstance(m, dict) and "content" in m for m in msgs):
+                    return [{"role": m.get("role", "user"), "content": m["content"]} for m in msgs]
+            except json.JSONDecodeError:
+                pass
+        return [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def encode_prompt(prompt: Any, tokenizer) -> list[int]:
+    """Full (untruncated) prompt token ids, through the chat template when the tokenizer has one."""
+    messages = prompt_messages(prompt)
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    text = "\n".join(m["content"] for m in messages)
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    return bos + list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def encode_response(response: str, tokenizer) -> list[int]:
+    return list(tokenizer(response, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id]
+
+
+def tokenize_list(row: dict, tokenizer, spec: TokenizeSpec) -> tuple[dict | None, TokenizeStats]:
+    """One list record -> token ids, or None if the list must be dropped; plus what happened, counted."""
+    stats = TokenizeStats()
+    stats.counts["lists_in"] += 1
+    prompt_ids = encode_prompt(row["prompt"], tokenizer)
+    if len(prompt_ids) > spec.max_prompt_tokens:
+        stats.counts["prompt_truncated"] += 1
+        prompt_ids = prompt_ids[-spec.max_prompt_tokens:]
+    keep: list[int] = []
+    seen: set[tuple[int, ...]] = set()
+    response_ids: list[list[int]] = []
+    for i, text in enumerate(row["responses"]):
+        ids = encode_response(text, tokenizer)
+        if len(ids) > spec.max_response_tokens:
+            stats.counts["response_truncated"] += 1
+            ids = ids[: spec.max_response_tokens]
+        if not [t for t in ids if t != tokenizer.eos_token_id]:
+            stats.counts["dropped_empty_response"] += 1
+            continue
+        if tuple(ids) in seen:
+            stats.counts["dropped_duplicate_response"] += 1
+            continue
+        seen.add(tuple(ids))
+        keep.append(i)
+        response_ids.append(ids)
+    if len(keep) < 2:
+        stats.counts["dropped_list_too_few_responses"] += 1
+        return None, stats
+    stats.counts["lists_kept"] += 1
+    out = {
+        "id": row.get("id"),
+        "prompt_ids": prompt_ids,
+        "response_ids": response_ids,
+        "labels": [float(row["labels"][i]) for i in keep],
+    }
+    ref = row.get("ref_logps")
+    out["ref_logps"] = [float(ref[i]) for i in keep] if ref is not None else None
+    return out, stats
+
+
+def tokenize_lists(rows: list[dict], tokenizer, spec: TokenizeSpec) -> tuple[list[dict], TokenizeStats]:
+    """Tokenise many rows, keeping the survivors in order."""
+    total = TokenizeStats()
+    kept = []
+    for row in rows:
+        tl, stats = tokenize_list(row, tokenizer, spec)
+        total.add(stats)
+        if tl is not None:
+            kept.append(tl)
+    return kept, total

@@ -1,0 +1,1 @@
+"""Model loading, response log-probs and tiny in-memory test models."""

@@ -1,0 +1,1 @@
+"""LiPO training: config, the per-worker loop, checkpoints and export."""

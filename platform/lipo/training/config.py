@@ -1,0 +1,102 @@
+"""`TrainConfig`: the one config of `lipo train`, validated before Ray starts.
+
+    cfg = load_config(TrainConfig, "configs/train_example.yaml", ["objective.name=list_mle"])
+
+Every section forbids unknown keys, so a typo fails with a message that names it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lipo.config import Strict
+from lipo.losses import LambdaWeightName, ObjectiveName
+
+
+class LoraConfig(Strict):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class ModelConfig(Strict):
+    path: str = "builtin:tiny-llama"
+    reference: str | None = None  # defaults to `path`; ignored when the data carries ref_logps
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    lora: LoraConfig | None = None
+
+
+class DataConfig(Strict):
+    train: list[str] = Field(min_length=1)
+    on_invalid: Literal["error", "skip"] = "error"
+    max_prompt_tokens: int = Field(512, ge=1)
+    max_response_tokens: int = Field(256, ge=1)
+
+
+class ObjectiveConfig(Strict):
+    name: ObjectiveName = "lambda"
+    beta: float = Field(0.05, gt=0)
+    lambda_weight: LambdaWeightName = "dcg"
+    normalize: bool = False
+
+
+class OptimConfig(Strict):
+    lr: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    micro_batch_size: int = Field(1, ge=1)  # lists per worker per forward pass
+    grad_accum: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)  # optimizer steps; caps `epochs`
+
+
+class DeepSpeedConfig(Strict):
+    stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+
+
+class ScalingConfig(Strict):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    # Fractional CPUs leave room for Ray Data and the driver on small machines.
+    cpus_per_worker: float = Field(0.5, gt=0)
+    gpus_per_worker: float = Field(1.0, ge=0)
+
+
+class CheckpointConfig(Strict):
+    every: int = Field(50, ge=1)  # optimizer steps
+    keep: int = Field(2, ge=1)
+    max_failures: int = Field(1, ge=-1)  # -1: retry forever
+
+
+class TrackingConfig(Strict):
+    uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db
+    experiment: str = "lipo"
+    log_every: int = Field(1, ge=1)
+
+
+class TrainConfig(Strict):
+    run_name: str | None = None  # same name resumes; default: a fresh timestamped name
+    output_dir: str = "runs"
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    objective: ObjectiveConfig = ObjectiveConfig()
+    optim: OptimConfig = OptimConfig()
+    deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.run_name is not None and not self.run_name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError("run_name may hold only letters, digits, '-' and '_'")
+        return self

@@ -1,0 +1,227 @@
+"""read_lists / write_lists / to_ray_dataset on real files written to tmp_path."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lipo.data.readers import read_lists, resolve_paths, to_ray_dataset, write_lists
+from lipo.data.records import LIST_SCHEMA, record_to_row, row_to_record
+from lipo.errors import DataError
+
+CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "naïve 2+2? ✓"}]
+
+
+def good(i, **kw):
+    r = {"prompt": f"q{i}", "responses": [f"a{i}", f"b{i}"], "labels": [1.0, 0.0]}
+    r.update(kw)
+    return r
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def expect_error(paths, message):
+    with pytest.raises(DataError) as exc:
+        read_lists(paths)
+    assert str(exc.value) == message
+    assert "\n" not in str(exc.value)
+
+
+def as_records(table):
+    return [row_to_record(r) for r in table.to_pylist()]
+
+
+def test_jsonl_reads_back_equal_with_ids_and_chat(tmp_path):
+    rows = [good(0), good(1, prompt=CHAT, id="chat-1", rewards=[0.3, -2.0], reference="x"), good(2)]
+    p = write_jsonl(tmp_path / "train.jsonl", rows)
+    table, report = read_lists(p)
+    assert table.schema.equals(LIST_SCHEMA)
+    assert as_records(table) == [row_to_record(r) for r in rows]
+    assert table.column("id").to_pylist()[1] == "chat-1"
+    assert all(i for i in table.column("id").to_pylist())
+    assert table.column("prompt_messages").to_pylist()[1] == CHAT
+    assert (report.rows_read, report.rows_valid, report.rows_skipped) == (3, 3, 0)
+
+
+def test_parquet_in_input_form_and_written_form(tmp_path):
+    # Input form, as an exporter writes it: text prompts in `prompt`, or chat messages as a list<struct> `prompt`.
+    plain, chat = tmp_path / "plain.parquet", tmp_path / "chat.parquet"
+    pq.write_table(pa.Table.from_pylist([good(i, source="web") for i in range(5)]), plain)
+    pq.write_table(pa.Table.from_pylist([good(i, prompt=CHAT) for i in range(5, 7)]), chat)
+    table, report = read_lists([str(plain), str(chat)])
+    assert table.column("prompt").to_pylist() == [f"q{i}" for i in range(5)] + [None, None]
+    assert table.column("prompt_messages").to_pylist()[5:] == [CHAT, CHAT]
+    assert report.rows_valid == 7
+
+    # Written form (LIST_SCHEMA) round-trips chat prompts and optional columns, and a table rewrites unchanged.
+    rows = [good(0, prompt=CHAT, ref_logps=[-1.5, -9.0]), good(1)]
+    out = write_lists([row_to_record(r) for r in rows], tmp_path / "out" / "lists.parquet")
+    assert pq.read_schema(out).equals(LIST_SCHEMA)
+    again, _ = read_lists(str(out))
+    assert as_records(again) == [row_to_record(r) for r in rows]
+    assert read_lists(str(write_lists(again, tmp_path / "again.parquet")))[0].equals(again)
+    assert [p.name for p in out.parent.iterdir()] == ["lists.parquet"]  # no temp file left behind
+
+
+@pytest.mark.parametrize(
+    "bad, field_problem",
+    [
+        ({"prompt": "q", "responses": ["a", "b"]}, "field 'labels': missing"),
+        (good(9, labels=[1.0, 1.5]), "field 'labels[1]': must be in [0, 1], got 1.5"),
+        (good(9, labels=[1.0, 0.5, 0.0]), "field 'labels': length 3 != responses length 2"),
+        (good(9, responses=["only"], labels=[1.0]), "field 'responses': a list needs at least 2 responses, got 1"),
+        (good(9, prompt=""), "field 'prompt': must not be empty"),
+    ],
+)
+def test_bad_row_in_third_line_names_file_row_field(tmp_path, bad, field_problem):
+    p = write_jsonl(tmp_path / "train.jsonl", [good(0), good(1), bad, good(3)])
+    expect_error(p, f"{p}: row 3: {field_problem}")
+
+
+def test_nan_label_literal(tmp_path):
+    p = tmp_path / "train.jsonl"
+    p.write_text(json.dumps(good(0)) + '\n{"prompt": "q", "responses": ["a", "b"], "labels": [1.0, NaN]}\n')
+    expect_error(str(p), f"{p}: row 2: field 'labels[1]': must be finite, got nan")
+
+
+def test_non_utf8_line(tmp_path):
+    p = tmp_path / "train.jsonl"
+    p.write_bytes(json.dumps(good(0)).encode() + b'\n{"prompt": "\xff\xfe", "responses": []}\n')
+    expect_error(str(p), f"{p}: row 2: field '<json>': line is not valid UTF-8 (byte 0xff at offset 12)")
+
+
+def test_malformed_json_and_non_object(tmp_path):
+    p = tmp_path / "train.jsonl"
+    p.write_text(json.dumps(good(0)) + '\n{"prompt": "q" "responses": []}\n')
+    expect_error(str(p), f"{p}: row 2: field '<json>': malformed JSON: Expecting ',' delimiter at column 16")
+    p.write_text(json.dumps([good(0)]) + "\n")
+    expect_error(str(p), f"{p}: row 1: field '<json>': expected one JSON object per line, got list")
+
+
+def test_blank_lines_count_toward_row_numbers_and_bom_is_ignored(tmp_path):
+    p = tmp_path / "train.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + (json.dumps(good(0)) + "\n\n" + json.dumps(good(1, labels=[2, 0]))).encode())
+    expect_error(str(p), f"{p}: row 3: field 'labels[0]': must be in [0, 1], got 2.0")
+
+
+def test_bad_row_in_second_of_two_files(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [good(0), good(1), good(2)])
+    b = tmp_path / "b.parquet"
+    pq.write_table(pa.Table.from_pylist([good(3), good(4, labels=[0.5, None])]), b)
+    expect_error([a, str(b)], f"{b}: row 2: field 'labels[1]': must be a number, got null")
+
+
+def test_empty_missing_and_unknown_files(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")
+    expect_error(str(empty), f"{empty}: has no rows")
+    expect_error(str(tmp_path / "nope.jsonl"), f"file not found: {tmp_path / 'nope.jsonl'}")
+    csv = tmp_path / "lists.csv"
+    csv.write_text("prompt,responses\n")
+    expect_error(str(csv), f"{csv}: unknown file extension '.csv' (expected .jsonl, .json or .parquet)")
+    empty_pq = tmp_path / "empty.parquet"
+    pq.write_table(LIST_SCHEMA.empty_table(), empty_pq)
+    expect_error(str(empty_pq), f"{empty_pq}: has no rows")
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"not parquet at all")
+    with pytest.raises(DataError, match="junk.parquet: not a readable Parquet file"):
+        read_lists(str(junk))
+
+
+def test_duplicate_ids_are_invalid(tmp_path):
+    p = write_jsonl(tmp_path / "train.jsonl", [good(0), good(1), good(0, labels=[0.0, 1.0])])
+    table, _ = read_lists(write_jsonl(tmp_path / "ok.jsonl", [good(0), good(1)]))
+    first_id = table.column("id")[0].as_py()
+    expect_error(p, f"{p}: row 3: field 'id': duplicate id '{first_id}' (first at {p} row 1)")
+
+
+def test_skip_counts_by_reason_and_keeps_valid_rows(tmp_path):
+    rows = [good(0), good(1, labels=[float("nan"), 0.0]), good(2), good(3, responses=["x"], labels=[1.0]),
+            good(4, labels=[1.0, float("inf")])]
+    a = write_jsonl(tmp_path / "a.jsonl", rows)
+    b = tmp_path / "b.jsonl"
+    b.write_text(json.dumps(good(5)) + "\n{oops\n")
+    table, report = read_lists([a, str(b)], on_invalid="skip")
+    assert table.column("prompt").to_pylist() == ["q0", "q2", "q5"]
+    assert (report.rows_read, report.rows_valid, report.rows_skipped) == (7, 3, 4)
+    assert report.rows_read == report.rows_valid + report.rows_skipped
+    assert dict(report.skipped_by_reason) == {"labels: not finite": 2, "responses: too few": 1, "<json>: malformed": 1}
+    assert report.first_errors[0] == f"{a}: row 2: field 'labels[0]': must be finite, got nan"
+    assert len(report.first_errors) == 4
+    assert (report.files[a].rows_read, report.files[a].rows_skipped, report.files[str(b)].rows_valid) == (5, 3, 1)
+    assert report.summary() == (
+        "read 7 rows from 2 files: 3 valid, 4 skipped (labels: not finite 2, <json>: malformed 1, responses: too few 1)"
+    )
+    metrics = report.as_metrics()
+    assert metrics["data/rows_read"] == 7.0 and metrics["data/rows_skipped"] == 4.0
+    assert metrics["data/skipped/labels_not_finite"] == 2.0 and metrics["data/skipped/json_malformed"] == 1.0
+    assert all(isinstance(v, float) for v in metrics.values())
+
+
+def test_skip_with_no_valid_rows_is_an_error(tmp_path):
+    p = write_jsonl(tmp_path / "bad.jsonl", [good(0, labels=[3, 0])])
+    with pytest.raises(DataError, match=r"no valid rows: read 1 rows from 1 file: 0 valid, 1 skipped"):
+        read_lists(p, on_invalid="skip")
+
+
+def test_directories_and_globs_sorted_with_hidden_files_skipped(tmp_path):
+    d = tmp_path / "lists"
+    (d / "sub").mkdir(parents=True)
+    write_jsonl(d / "b.jsonl", [good(1)])
+    write_jsonl(d / "a.json", [good(0)])
+    write_lists([row_to_record(good(2))], d / "sub" / "c.parquet")
+    (d / "_SUCCESS").write_text("")
+    (d / ".hidden.jsonl").write_text("not json\n")
+    (d / "README.md").write_text("# notes\n")
+    table, report = read_lists(str(d))
+    assert table.column("prompt").to_pylist() == ["q0", "q1", "q2"]
+    assert len(report.files) == 3
+    assert resolve_paths(str(d / "*.json*")) == [str(d / "a.json"), str(d / "b.jsonl")]
+    assert resolve_paths([str(d / "a.json"), str(d)])[0] == str(d / "a.json")  # each file once
+    assert len(resolve_paths([str(d / "a.json"), str(d)])) == 3
+    expect_error(str(d / "*.txt"), f"no .jsonl, .json or .parquet files match {d / '*.txt'}")
+    (tmp_path / "void").mkdir()
+    expect_error(str(tmp_path / "void"), f"directory {tmp_path / 'void'} has no .jsonl, .json or .parquet files")
+
+
+def test_write_lists_validates(tmp_path):
+    with pytest.raises(DataError, match=r"must be a \.parquet file"):
+        write_lists([row_to_record(good(0))], tmp_path / "x.jsonl")
+    with pytest.raises(DataError) as exc:
+        write_lists([good(0), good(1, labels=[1.0])], tmp_path / "x.parquet")
+    assert str(exc.value) == "write_lists: row 2: field 'labels': length 1 != responses length 2"
+    with pytest.raises(DataError, match="no rows to write"):
+        write_lists([], tmp_path / "x.parquet")
+    assert not os.listdir(tmp_path)
+
+
+def test_readers_import_no_torch_or_ray():
+    code = "import sys, lipo.data.readers; assert not {'torch', 'ray', 'transformers'} & set(sys.modules)"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_to_ray_dataset(ray_local, tmp_path):
+    p = write_jsonl(tmp_path / "train.jsonl", [good(0), good(1, prompt=CHAT)])
+    table, _ = read_lists(p)
+    ds = to_ray_dataset(table)
+    rows = sorted(ds.take_all(), key=lambda r: r["id"])
+    assert [row_to_record(r) for r in rows] == sorted(as_records(table), key=lambda r: r.id)
+    assert record_to_row(row_to_record(rows[0]))["id"] == rows[0]["id"]
+    with pytest.raises(DataError, match="LIST_SCHEMA"):
+        to_ray_dataset(pa.table({"x": [1]}))

@@ -1,0 +1,86 @@
+"""`lipo train CONFIG.yaml [key=value ...]`: LiPO training on Ray Train + DeepSpeed, tracked in MLflow.
+
+Also a Ray job entrypoint: `python -m workflows.train CONFIG.yaml`. Steps: prepare (validate + tokenise, before
+Ray), open the MLflow run, fit with `TorchTrainer`, then log the exported Hugging Face model.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lipo.errors import LipoError
+from lipo.training.config import TrainConfig
+
+
+@dataclass
+class TrainResult:
+    run_name: str
+    run_id: str
+    tracking_uri: str
+    model_dir: Path
+    metrics: dict
+
+
+def run(cfg: TrainConfig, fault: dict | None = None) -> TrainResult:
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from lipo import tracking
+    from lipo.runtime import ensure_ray
+    from lipo.training.loop import train_loop
+    from lipo.training.prepare import prepare
+    from lipo.training.progress import ProgressSink, follow
+
+    prep = prepare(cfg)  # every user mistake surfaces here, before Ray starts
+    print(f"[lipo] data: {prep.read_report.summary()}; tokenised: {prep.token_stats.summary()}", flush=True)
+    resolved = cfg.model_copy(update={"run_name": prep.run_name}).model_dump(mode="json")
+    uri = tracking.resolve_uri(cfg.tracking.uri, cfg.output_dir)
+    run_id, created = tracking.open_run(uri, cfg.tracking.experiment, prep.run_name, "train")
+    tracking.log_config(uri, run_id, resolved, created)
+    tracking.log_metrics(uri, run_id, {**prep.read_report.as_metrics(), **prep.token_stats.as_metrics()}, 0)
+
+    ensure_ray()
+    sc = cfg.scaling
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"cfg": resolved, "sink": (sink := ProgressSink.remote()), "fault": fault,
+                           "model_dir": str(prep.model_dir)},
+        scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=(
+            {"CPU": sc.cpus_per_worker, "GPU": sc.gpus_per_worker} if sc.use_gpu else {"CPU": sc.cpus_per_worker})),
+        torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
+        run_config=RunConfig(name=prep.run_name, storage_path=str(prep.output_dir),
+                             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep)),
+        datasets={"train": ray.data.from_items(prep.rows)},
+        # No split: every worker takes its own seeded slice (lipo.training.plan), so resume is exact.
+        dataset_config=DataConfig(datasets_to_split=[]),
+    )
+    last: dict = {}
+
+    def on_metrics(step: int, metrics: dict) -> None:
+        last.update(metrics)
+        tracking.log_metrics(uri, run_id, metrics, step)
+
+    try:
+        follow(trainer.fit, sink, on_metrics, desc=f"train {prep.run_name}")
+    except Exception as exc:
+        tracking.finish_run(uri, run_id, "FAILED")
+        raise LipoError(f"training run '{prep.run_name}' failed: {str(exc).strip().splitlines()[-1]}") from exc
+    tracking.log_artifacts(uri, run_id, prep.model_dir, "model")
+    tracking.finish_run(uri, run_id)
+    print(f"[lipo] model: {prep.model_dir}\n[lipo] mlflow: run '{prep.run_name}' in {uri}", flush=True)
+    return TrainResult(prep.run_name, run_id, uri, prep.model_dir, last)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from lipo.config import load_config
+
+    args = sys.argv[1:] if argv is None else argv
+    run(load_config(TrainConfig, args[0], args[1:]))
+
+
+if __name__ == "__main__":
+    main()
