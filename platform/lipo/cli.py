@@ -40,3 +40,7 @@ def main() -> None:
     except LipoError as exc:
         print(f"lipo: error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

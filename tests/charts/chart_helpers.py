@@ -111,7 +111,7 @@ def pod_templates(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def ray_cluster_specs(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    spec = doc["spec"]
+    spec = doc.get("spec", {})
     if doc["kind"] == "RayJob":
         yield spec["rayClusterSpec"]
     elif doc["kind"] == "RayService":

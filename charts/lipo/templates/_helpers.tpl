@@ -5,17 +5,26 @@
 
 {{- define "lipo.fullname" -}}
 {{- if .Values.fullnameOverride -}}
-{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- .Values.fullnameOverride | trunc 35 | trimSuffix "-" -}}
 {{- else -}}
 {{- $name := default .Chart.Name .Values.nameOverride -}}
 {{- if contains $name .Release.Name -}}
-{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 35 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 35 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
-{{/* 40, not 63: KubeRay derives longer names (<cluster>-head-svc, <rayjob>-raycluster-xxxxx) from ours. */}}
+{{/* 35, not 63: KubeRay caps RayJob and RayService names at 47 characters (it appends suffixes to them) and
+     we add up to 12 ("-build-lists"); they must also be DNS-1035 labels, i.e. start with a letter. */}}
+
+{{- define "lipo.rayName" -}}
+{{- $name := printf "%s-%s" (include "lipo.fullname" (index . 0)) (index . 1) -}}
+{{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $name) -}}
+{{- fail (printf "%s is not a DNS-1035 label, which KubeRay requires: use a release name (or fullnameOverride) that starts with a letter" $name) -}}
+{{- end -}}
+{{- $name -}}
+{{- end -}}
 
 {{- define "lipo.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "lipo.name" . }}

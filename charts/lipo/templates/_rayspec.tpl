@@ -108,6 +108,8 @@ containers:
   - name: {{ .name }}
     image: {{ .image }}
     imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+    # The root is read-only, so relative paths a stage writes (runs/, mlruns) must resolve under /tmp.
+    workingDir: /tmp
     {{- if or .head (eq .env "serve") }}
     ports:
       {{- if .head }}

@@ -15,10 +15,11 @@ Rules (one place, so precomputed and on-the-fly log-probs see the same tokens):
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+from lipo.data.records import prompt_of
 
 
 @dataclass(frozen=True)
@@ -47,16 +48,8 @@ class TokenizeStats:
 
 
 def prompt_messages(prompt: Any) -> list[dict[str, str]]:
-    """Chat messages for a prompt stored as text, as a JSON-encoded message list, or as a list of dicts."""
+    """Chat messages for a prompt given as text (one user turn) or as a list of role/content messages."""
     if isinstance(prompt, str):
-        text = prompt.strip()
-        if text.startswith("[") and text.endswith("]"):
-            try:
-                msgs = json.loads(text)
-                if isinstance(msgs, list) and all(isinstance(m, dict) and "content" in m for m in msgs):
-                    return [{"role": m.get("role", "user"), "content": m["content"]} for m in msgs]
-            except json.JSONDecodeError:
-                pass
         return [{"role": "user", "content": prompt}]
     return [{"role": m["role"], "content": m["content"]} for m in prompt]
 
@@ -80,7 +73,7 @@ def tokenize_list(row: dict, tokenizer, spec: TokenizeSpec) -> tuple[dict | None
     """One list record -> token ids, or None if the list must be dropped; plus what happened, counted."""
     stats = TokenizeStats()
     stats.counts["lists_in"] += 1
-    prompt_ids = encode_prompt(row["prompt"], tokenizer)
+    prompt_ids = encode_prompt(prompt_of(row), tokenizer)
     if len(prompt_ids) > spec.max_prompt_tokens:
         stats.counts["prompt_truncated"] += 1
         prompt_ids = prompt_ids[-spec.max_prompt_tokens:]

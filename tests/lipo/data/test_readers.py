@@ -209,14 +209,18 @@ def test_readers_import_no_torch_or_ray():
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_for_readers():
+    # Reuses a Ray that another fixture (e.g. the session `ray_local`) already started; shuts down only its own.
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
-    ray.shutdown()
+    if started:
+        ray.shutdown()
 
 
-def test_to_ray_dataset(ray_local, tmp_path):
+def test_to_ray_dataset(ray_for_readers, tmp_path):
     p = write_jsonl(tmp_path / "train.jsonl", [good(0), good(1, prompt=CHAT)])
     table, _ = read_lists(p)
     ds = to_ray_dataset(table)

@@ -1,0 +1,42 @@
+"""Shared fixtures: one local Ray per test session, and small list datasets written to temp dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local 2-CPU Ray for the whole session (tests start Ray themselves; nothing external)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    yield ray
+    ray.shutdown()
+
+
+def write_toy_lists(path: Path, n_lists: int = 8, k: int = 4, seed: int = 0) -> Path:
+    """n_lists lists of k distinct random responses with distinct labels (so every list has k(k-1)/2 pairs)."""
+    rng = random.Random(seed)
+    alphabet = "abcdefghijklmnop"
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n_lists):
+            responses = ["".join(rng.choice(alphabet) for _ in range(rng.randint(3, 6))) for _ in range(k)]
+            labels = [round(1 - j / (k - 1), 4) for j in range(k)]
+            f.write(json.dumps({"id": f"toy-{i}", "prompt": f"Question {i}: say something",
+                                "responses": responses, "labels": labels}) + "\n")
+    return path
+
+
+@pytest.fixture
+def toy_lists(tmp_path):
+    return write_toy_lists(tmp_path / "lists.jsonl")
