@@ -1,0 +1,146 @@
+"""Shared-prefix packing: one row `[prompt, response_1, ..., response_K]` per list instead of K padded rows.
+
+A list's K responses share one prompt. `collate_lists` repeats the prompt in each of K rows; here the prompt is
+laid down once and every response follows it in the same row. A 4-D attention mask keeps the responses independent:
+prompt tokens attend causally within their prompt, and a response token attends to its own prompt and causally to
+its own earlier tokens, never to another response or another list. Each response's position ids restart at
+len(prompt), so every token sees exactly the context (and RoPE/learned positions) it has in the unpacked row, and
+the summed log-probs agree with `sequence_logps` up to float rounding.
+
+With `token_budget`, several lists share one row (padding-free mode): rows are cut when the next list would push
+the row past the budget, so a micro-batch is sized by tokens rather than by a count of lists.
+
+    packed = pack_lists(items, pad_id=tok.pad_token_id)                 # one list per row
+    packed = pack_lists(items, pad_id=tok.pad_token_id, token_budget=4096)  # several lists per row
+    logps = packed_sequence_logps(model, packed)                        # [B, K], see lipo.models.packed_logps
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def list_token_count(item: dict) -> int:
+    """Tokens a list occupies when packed: its prompt once plus every response."""
+    return len(item["prompt_ids"]) + sum(len(r) for r in item["response_ids"])
+
+
+def batches_by_token_budget(items: list[dict], budget: int) -> list[list[int]]:
+    """Group list indices, in order, so each group's packed token count stays within `budget`.
+
+    Greedy and deterministic: a group is closed when the next list would overflow it. A list larger than the budget
+    on its own gets a group to itself (it cannot be split without changing its log-probs).
+    """
+    if budget <= 0:
+        raise ValueError(f"token budget must be positive; got {budget}")
+    groups: list[list[int]] = []
+    used = 0
+    for i, it in enumerate(items):
+        n = list_token_count(it)
+        if groups and used + n <= budget:
+            groups[-1].append(i)
+            used += n
+        else:
+            groups.append([i])
+            used = n
+    return groups
+
+
+def pack_lists(items: list[dict], pad_id: int, token_budget: int | None = None,
+               list_size: int | None = None) -> dict[str, torch.Tensor]:
+    """Pack tokenised lists (see `tokenize_list`) into rows sharing each prompt across its responses.
+
+    Returns
+      input_ids [R, L], position_ids [R, L], attention_mask [R, 1, L, L] bool (True = may attend),
+      token_mask [R, L] (1 on real tokens),
+      target_row, target_col, source_col, target_slot [M]: for each scored response token, its row and column, the
+        column whose logits predict it (the previous token, or the last prompt token for a response's first token),
+        and its flat slot b * K + k in the [B, K] output,
+      labels, list_mask [B, K] and ref_logps [B, K] when every list has them, laid out exactly as `collate_lists`.
+    """
+    B = len(items)
+    K = max(len(it["response_ids"]) for it in items)
+    if list_size is not None:
+        K = max(K, list_size)
+    groups = batches_by_token_budget(items, token_budget) if token_budget else [[b] for b in range(B)]
+    R = len(groups)
+    L = max(sum(list_token_count(items[b]) for b in g) for g in groups)
+
+    input_ids = torch.full((R, L), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((R, L), dtype=torch.long)
+    list_id = torch.full((R, L), -1, dtype=torch.long)  # which list a column belongs to; -1 on padding
+    seg_id = torch.zeros((R, L), dtype=torch.long)  # 0 on prompt tokens, k + 1 on response k
+    t_row: list[int] = []
+    t_col: list[int] = []
+    s_col: list[int] = []
+    t_slot: list[int] = []
+    labels = torch.zeros((B, K), dtype=torch.float32)
+    list_mask = torch.zeros((B, K), dtype=torch.bool)
+    has_ref = all(it.get("ref_logps") is not None for it in items)
+    ref = torch.zeros((B, K), dtype=torch.float32)
+
+    for r, group in enumerate(groups):
+        col = 0
+        for b in group:
+            it = items[b]
+            prompt = list(it["prompt_ids"])
+            P = len(prompt)
+            input_ids[r, col:col + P] = torch.tensor(prompt, dtype=torch.long)
+            position_ids[r, col:col + P] = torch.arange(P)
+            list_id[r, col:col + P] = b
+            last_prompt = col + P - 1
+            col += P
+            for k, resp in enumerate(it["response_ids"]):
+                n = len(resp)
+                input_ids[r, col:col + n] = torch.tensor(list(resp), dtype=torch.long)
+                position_ids[r, col:col + n] = torch.arange(P, P + n)
+                list_id[r, col:col + n] = b
+                seg_id[r, col:col + n] = k + 1
+                list_mask[b, k] = True
+                # With an empty prompt nothing predicts the first response token; sequence_logps skips it too.
+                j0 = 0 if P else 1
+                t_col.extend(range(col + j0, col + n))
+                if P and n:
+                    s_col.append(last_prompt)  # the first response token is predicted by the LAST PROMPT token
+                s_col.extend(range(col + max(j0, 1) - 1, col + n - 1))
+                t_row.extend([r] * (n - j0))
+                t_slot.extend([b * K + k] * (n - j0))
+                col += n
+            labels[b, : len(it["labels"])] = torch.tensor(it["labels"], dtype=torch.float32)
+            if has_ref:
+                ref[b, : len(it["ref_logps"])] = torch.tensor(it["ref_logps"], dtype=torch.float32)
+
+    token_mask = (list_id >= 0).long()  # [R, L]
+    cols = torch.arange(L)
+    causal = cols.view(1, L) <= cols.view(L, 1)  # [L, L]: key column <= query column
+    same_list = (list_id.unsqueeze(2) == list_id.unsqueeze(1)) & (list_id.unsqueeze(1) >= 0)  # [R, L, L]
+    # A key is visible if it is a prompt token of the query's list, or a token of the query's own response.
+    visible = (seg_id.unsqueeze(1) == 0) | (seg_id.unsqueeze(1) == seg_id.unsqueeze(2))  # [R, L, L]
+    mask = same_list & visible & causal
+    # Padding queries attend to themselves only, so no softmax row is empty (which would give NaN).
+    mask |= torch.eye(L, dtype=torch.bool).unsqueeze(0) & (list_id < 0).unsqueeze(2)
+    out = {
+        "input_ids": input_ids,
+        "position_ids": position_ids,
+        "attention_mask": mask.unsqueeze(1),  # [R, 1, L, L]
+        "token_mask": token_mask,
+        "target_row": torch.tensor(t_row, dtype=torch.long),
+        "target_col": torch.tensor(t_col, dtype=torch.long),
+        "source_col": torch.tensor(s_col, dtype=torch.long),
+        "target_slot": torch.tensor(t_slot, dtype=torch.long),
+        "labels": labels,
+        "list_mask": list_mask,
+    }
+    if has_ref:
+        out["ref_logps"] = ref
+    return out
+
+
+def is_packed(batch: dict[str, torch.Tensor]) -> bool:
+    """True for a `pack_lists` batch, False for a `collate_lists` one."""
+    return "target_slot" in batch
+
+
+def packed_token_count(packed: dict[str, torch.Tensor]) -> int:
+    """Tokens the forward pass processes, padding excluded (each prompt counted once per list)."""
+    return int(packed["token_mask"].sum().item())
