@@ -1,12 +1,18 @@
-"""The `lipo` command line: one command per stage.
+"""The `lipo` command line: one command per stage, each a thin call into `workflows/`.
 
     lipo train CONFIG.yaml [key.sub=value ...]
+    lipo build-lists CONFIG.yaml [key.sub=value ...]
+    lipo import --format pairs|ultrafeedback|ranked INPUT OUTPUT.parquet
+    lipo serve CONFIG.yaml [key.sub=value ...] [--insecure]
+    lipo eval CONFIG.yaml [key.sub=value ...]
 
-A `LipoError` (a user mistake) prints one line and exits with status 2; no Ray stack trace.
+A `LipoError` (a user mistake) prints one line and exits with status 2; no Ray stack trace. Configs are validated
+before Ray starts.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Optional
 
@@ -16,6 +22,17 @@ from lipo.errors import LipoError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Listwise preference optimization on Ray.")
+CONFIG = typer.Argument(..., help="stage config (YAML)")
+OVERRIDES = typer.Argument(None, help="key.sub=value overrides")
+
+
+def _stage(workflow: str, config_cls: str, config: str, overrides: list[str] | None, **kwargs):
+    """Load `config` into `config_cls` ("module:Class"), then call `workflows.<workflow>.run(cfg, **kwargs)`."""
+    from lipo.config import load_config
+
+    mod_name, cls_name = config_cls.split(":")
+    cfg = load_config(getattr(importlib.import_module(mod_name), cls_name), config, overrides or [])
+    return importlib.import_module(f"workflows.{workflow}").run(cfg, **kwargs)
 
 
 @app.callback()
@@ -23,15 +40,39 @@ def _root() -> None:
     """Listwise preference optimization (LiPO) on Ray."""
 
 
-@app.command(context_settings={"allow_extra_args": False})
-def train(config: str = typer.Argument(..., help="TrainConfig YAML"),
-          overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides")) -> None:
-    """Train a policy with a listwise objective (LiPO-lambda by default)."""
-    from lipo.config import load_config
-    from lipo.training.config import TrainConfig
-    from workflows.train import run
+@app.command()
+def train(config: str = CONFIG, overrides: Optional[list[str]] = OVERRIDES) -> None:
+    """Train a policy with a listwise objective (LiPO-lambda by default) on Ray Train + DeepSpeed."""
+    _stage("train", "lipo.training.config:TrainConfig", config, overrides)
 
-    run(load_config(TrainConfig, config, overrides or []))
+
+@app.command("build-lists")
+def build_lists(config: str = CONFIG, overrides: Optional[list[str]] = OVERRIDES) -> None:
+    """Generate K candidates per prompt, score, label and add reference log-probs (Ray Data) -> Parquet."""
+    _stage("build_lists", "lipo.lists.config:BuildListsConfig", config, overrides)
+
+
+@app.command("import")
+def import_(fmt: str = typer.Option(..., "--format", help="pairs | ultrafeedback | ranked"),
+            source: str = typer.Argument(..., help="input JSONL/Parquet"),
+            output: str = typer.Argument(..., help="output Parquet file")) -> None:
+    """Turn existing preference data into lipo's list format."""
+    from lipo.data.importers import import_file
+
+    import_file(fmt, source, output)
+
+
+@app.command()
+def serve(config: str = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
+          insecure: bool = typer.Option(False, "--insecure", help="allow a non-loopback bind with no API key")) -> None:
+    """Serve the policy and the reward model over HTTP with Ray Serve."""
+    _stage("serve", "lipo.serving.config:ServeConfig", config, overrides, insecure=insecure)
+
+
+@app.command("eval")
+def eval_(config: str = CONFIG, overrides: Optional[list[str]] = OVERRIDES) -> None:
+    """Win rate of the policy against the SFT baseline, judged by the reward model, with a bootstrap CI."""
+    _stage("evaluate", "lipo.evaluation.config:EvalConfig", config, overrides)
 
 
 def main() -> None:

@@ -61,3 +61,16 @@ def tiny_llama(vocab_size: int = 259, seed: int = 0, width: int = 64, layers: in
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     return model.float().eval()
+
+
+def tiny_reward_model(vocab_size: int = 259, seed: int = 0, width: int = 64, layers: int = 2):
+    """A tiny Llama sequence classifier with one output: a pointwise reward model, or a pairwise one whose logit
+    is log-odds that the first response beats the second."""
+    from transformers import LlamaForSequenceClassification
+
+    config = tiny_llama_config(vocab_size, width, layers)
+    config.num_labels = 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForSequenceClassification(config)
+    return model.float().eval()
