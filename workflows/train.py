@@ -1,7 +1,8 @@
 """`lipo train CONFIG.yaml [key=value ...]`: LiPO training on Ray Train + DeepSpeed, tracked in MLflow.
 
 Also a Ray job entrypoint: `python -m workflows.train CONFIG.yaml`. Steps: prepare (validate + tokenise, before
-Ray), open the MLflow run, fit with `TorchTrainer`, then log the exported Hugging Face model.
+Ray), open the MLflow run, fit with `TorchTrainer`, then log the exported Hugging Face model. `launch` is the same
+for every training stage (`lipo sft` and `lipo train-rm` call it with their task).
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ class TrainResult:
     metrics: dict
 
 
-def run(cfg: TrainConfig, fault: dict | None = None) -> TrainResult:
+def run(cfg: TrainConfig, fault: dict | None = None, parent_run_id: str | None = None) -> TrainResult:
+    return launch(cfg, "lipo", fault, parent_run_id)
+
+
+def launch(cfg, task: str, fault: dict | None = None, parent_run_id: str | None = None) -> TrainResult:
+    """Train `cfg` with the loop of `lipo.training.loop` and the task named `task`."""
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -34,19 +40,19 @@ def run(cfg: TrainConfig, fault: dict | None = None) -> TrainResult:
     from lipo.training.prepare import prepare
     from lipo.training.progress import ProgressSink, follow
 
-    prep = prepare(cfg)  # every user mistake surfaces here, before Ray starts
-    print(f"[lipo] data: {prep.read_report.summary()}; tokenised: {prep.token_stats.summary()}", flush=True)
+    prep = prepare(cfg, task)  # every user mistake surfaces here, before Ray starts
+    print(f"[lipo] {task} data: {prep.summary}", flush=True)
     resolved = cfg.model_copy(update={"run_name": prep.run_name}).model_dump(mode="json")
     uri = tracking.resolve_uri(cfg.tracking.uri, cfg.output_dir)
-    run_id, created = tracking.open_run(uri, cfg.tracking.experiment, prep.run_name, "train")
+    run_id, created = tracking.open_run(uri, cfg.tracking.experiment, prep.run_name, task, parent_run_id)
     tracking.log_config(uri, run_id, resolved, created)
-    tracking.log_metrics(uri, run_id, {**prep.read_report.as_metrics(), **prep.token_stats.as_metrics()}, 0)
+    tracking.log_metrics(uri, run_id, prep.metrics, 0)
 
     ensure_ray()
     sc = cfg.scaling
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"cfg": resolved, "sink": (sink := ProgressSink.remote()), "fault": fault,
+        train_loop_config={"cfg": resolved, "task": task, "sink": (sink := ProgressSink.remote()), "fault": fault,
                            "model_dir": str(prep.model_dir)},
         scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=(
             {"CPU": sc.cpus_per_worker, "GPU": sc.gpus_per_worker} if sc.use_gpu else {"CPU": sc.cpus_per_worker})),
@@ -65,7 +71,7 @@ def run(cfg: TrainConfig, fault: dict | None = None) -> TrainResult:
         tracking.log_metrics(uri, run_id, metrics, step)
 
     try:
-        follow(trainer.fit, sink, on_metrics, desc=f"train {prep.run_name}")
+        follow(trainer.fit, sink, on_metrics, desc=f"{task} {prep.run_name}")
     except Exception as exc:
         tracking.finish_run(uri, run_id, "FAILED")
         raise LipoError(f"training run '{prep.run_name}' failed: {str(exc).strip().splitlines()[-1]}") from exc

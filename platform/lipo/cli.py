@@ -1,6 +1,8 @@
 """The `lipo` command line: one command per stage, each a thin call into `workflows/`.
 
     lipo train CONFIG.yaml [key.sub=value ...]
+    lipo sft CONFIG.yaml [key.sub=value ...]
+    lipo train-rm CONFIG.yaml [key.sub=value ...]
     lipo build-lists CONFIG.yaml [key.sub=value ...]
     lipo import --format pairs|ultrafeedback|ranked INPUT OUTPUT.parquet
     lipo serve CONFIG.yaml [key.sub=value ...] [--insecure]
@@ -44,6 +46,18 @@ def _root() -> None:
 def train(config: str = CONFIG, overrides: Optional[list[str]] = OVERRIDES) -> None:
     """Train a policy with a listwise objective (LiPO-lambda by default) on Ray Train + DeepSpeed."""
     _stage("train", "lipo.training.config:TrainConfig", config, overrides)
+
+
+@app.command()
+def sft(config: str = CONFIG, overrides: Optional[list[str]] = OVERRIDES) -> None:
+    """Supervised fine-tuning on demonstrations (next-token loss on response tokens)."""
+    _stage("sft", "lipo.training.config:SFTConfig", config, overrides)
+
+
+@app.command("train-rm")
+def train_rm(config: str = CONFIG, overrides: Optional[list[str]] = OVERRIDES) -> None:
+    """Train a pointwise (Bradley-Terry) or pairwise ranking reward model on labelled lists."""
+    _stage("train_rm", "lipo.training.config:RewardTrainConfig", config, overrides)
 
 
 @app.command("build-lists")

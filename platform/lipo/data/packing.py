@@ -68,8 +68,10 @@ def pack_lists(items: list[dict], pad_id: int, token_budget: int | None = None,
 
     input_ids = torch.full((R, L), pad_id, dtype=torch.long)
     position_ids = torch.zeros((R, L), dtype=torch.long)
-    list_id = torch.full((R, L), -1, dtype=torch.long)  # which list a column belongs to; -1 on padding
-    seg_id = torch.zeros((R, L), dtype=torch.long)  # 0 on prompt tokens, k + 1 on response k
+    token_mask = torch.zeros((R, L), dtype=torch.long)
+    # Built block by block (prompt x prompt, response x prompt, response x response): far cheaper than comparing
+    # segment ids over all L x L pairs, and every block's shape is plain to see.
+    mask = torch.zeros((R, L, L), dtype=torch.bool)
     t_row: list[int] = []
     t_col: list[int] = []
     s_col: list[int] = []
@@ -87,15 +89,16 @@ def pack_lists(items: list[dict], pad_id: int, token_budget: int | None = None,
             P = len(prompt)
             input_ids[r, col:col + P] = torch.tensor(prompt, dtype=torch.long)
             position_ids[r, col:col + P] = torch.arange(P)
-            list_id[r, col:col + P] = b
+            mask[r, col:col + P, col:col + P] = torch.ones(P, P, dtype=torch.bool).tril()  # prompt: causal
+            start = col
             last_prompt = col + P - 1
             col += P
             for k, resp in enumerate(it["response_ids"]):
                 n = len(resp)
                 input_ids[r, col:col + n] = torch.tensor(list(resp), dtype=torch.long)
                 position_ids[r, col:col + n] = torch.arange(P, P + n)
-                list_id[r, col:col + n] = b
-                seg_id[r, col:col + n] = k + 1
+                mask[r, col:col + n, start:start + P] = True  # a response sees its whole prompt ...
+                mask[r, col:col + n, col:col + n] = torch.ones(n, n, dtype=torch.bool).tril()  # ... and itself, causally
                 list_mask[b, k] = True
                 # With an empty prompt nothing predicts the first response token; sequence_logps skips it too.
                 j0 = 0 if P else 1
@@ -106,19 +109,14 @@ def pack_lists(items: list[dict], pad_id: int, token_budget: int | None = None,
                 t_row.extend([r] * (n - j0))
                 t_slot.extend([b * K + k] * (n - j0))
                 col += n
+            token_mask[r, start:col] = 1
             labels[b, : len(it["labels"])] = torch.tensor(it["labels"], dtype=torch.float32)
             if has_ref:
                 ref[b, : len(it["ref_logps"])] = torch.tensor(it["ref_logps"], dtype=torch.float32)
 
-    token_mask = (list_id >= 0).long()  # [R, L]
-    cols = torch.arange(L)
-    causal = cols.view(1, L) <= cols.view(L, 1)  # [L, L]: key column <= query column
-    same_list = (list_id.unsqueeze(2) == list_id.unsqueeze(1)) & (list_id.unsqueeze(1) >= 0)  # [R, L, L]
-    # A key is visible if it is a prompt token of the query's list, or a token of the query's own response.
-    visible = (seg_id.unsqueeze(1) == 0) | (seg_id.unsqueeze(1) == seg_id.unsqueeze(2))  # [R, L, L]
-    mask = same_list & visible & causal
     # Padding queries attend to themselves only, so no softmax row is empty (which would give NaN).
-    mask |= torch.eye(L, dtype=torch.bool).unsqueeze(0) & (list_id < 0).unsqueeze(2)
+    pad_r, pad_c = (token_mask == 0).nonzero(as_tuple=True)
+    mask[pad_r, pad_c, pad_c] = True
     out = {
         "input_ids": input_ids,
         "position_ids": position_ids,

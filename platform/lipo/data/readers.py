@@ -38,7 +38,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -191,14 +191,14 @@ def _jsonl_rows(path: str) -> Iterator[tuple[int, Any]]:
             yield n, obj
 
 
-def _parquet_rows(path: str) -> Iterator[tuple[int, Any]]:
-    """(1-based row number, row dict), batch by batch; only LIST_SCHEMA columns are read."""
+def _parquet_rows(path: str, wanted: frozenset[str] = _COLUMNS) -> Iterator[tuple[int, Any]]:
+    """(1-based row number, row dict), batch by batch; only the `wanted` columns are read."""
     try:
         pf = pq.ParquetFile(path)
-        columns = [c for c in pf.schema_arrow.names if c in _COLUMNS]
+        columns = [c for c in pf.schema_arrow.names if c in wanted]
         if not columns:
             found = ", ".join(pf.schema_arrow.names) or "none"
-            raise DataError(f"{path}: none of the list columns {sorted(_COLUMNS)} (found: {found})")
+            raise DataError(f"{path}: none of the expected columns {sorted(wanted)} (found: {found})")
         n = 0
         for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns):
             for row in batch.to_pylist():
@@ -211,11 +211,21 @@ def _parquet_rows(path: str) -> Iterator[tuple[int, Any]]:
 # ---------------------------------------------------------------------------------------------------- reading
 
 
-class _Collector:
-    """Validates rows one at a time: raises or counts the bad ones, buffers the good ones into Arrow batches."""
+def _list_row(item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    rec = row_to_record(item)
+    return rec.id, record_to_row(rec)
 
-    def __init__(self, on_invalid: str):
+
+class _Collector:
+    """Validates rows one at a time: raises or counts the bad ones, buffers the good ones into Arrow batches.
+
+    `to_row(item) -> (id, row)` validates one item (raising `InvalidRecord`) and returns it in `schema` form.
+    """
+
+    def __init__(self, on_invalid: str, to_row: Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]] = _list_row,
+                 schema: pa.Schema = LIST_SCHEMA):
         self.on_invalid = on_invalid
+        self.to_row, self.schema = to_row, schema
         self.report = ReadReport()
         self._rows: list[dict[str, Any]] = []
         self._tables: list[pa.Table] = []
@@ -228,16 +238,16 @@ class _Collector:
         if isinstance(item, Problem):
             return self._reject(path, n, [item])
         try:
-            rec = row_to_record(item)
+            rid, row = self.to_row(item)
         except InvalidRecord as exc:
             return self._reject(path, n, exc.problems)
-        first = self._seen.setdefault(rec.id, (path, n))
+        first = self._seen.setdefault(rid, (path, n))
         if first != (path, n):
-            dup = Problem("id", f"duplicate id '{rec.id}' (first at {first[0]} row {first[1]})", "id: duplicate")
+            dup = Problem("id", f"duplicate id '{rid}' (first at {first[0]} row {first[1]})", "id: duplicate")
             return self._reject(path, n, [dup])
         counts.rows_valid += 1
         self.report.rows_valid += 1
-        self._rows.append(record_to_row(rec))
+        self._rows.append(row)
         if len(self._rows) >= _BATCH_ROWS:
             self._flush()
 
@@ -256,24 +266,39 @@ class _Collector:
 
     def _flush(self) -> None:
         if self._rows:
-            self._tables.append(pa.Table.from_pylist(self._rows, schema=LIST_SCHEMA))
+            self._tables.append(pa.Table.from_pylist(self._rows, schema=self.schema))
             self._rows = []
 
     def table(self) -> pa.Table:
         self._flush()
-        return pa.concat_tables(self._tables) if self._tables else LIST_SCHEMA.empty_table()
+        return pa.concat_tables(self._tables) if self._tables else self.schema.empty_table()
 
 
 def read_lists(
     paths: PathSpec | Sequence[PathSpec], on_invalid: Literal["error", "skip"] = "error"
 ) -> tuple[pa.Table, ReadReport]:
     """Read, validate and concatenate list files; returns (LIST_SCHEMA table of valid rows, report)."""
+    return read_records(paths, _list_row, LIST_SCHEMA, on_invalid)
+
+
+def read_records(
+    paths: PathSpec | Sequence[PathSpec],
+    to_row: Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]],
+    schema: pa.Schema,
+    on_invalid: Literal["error", "skip"] = "error",
+) -> tuple[pa.Table, ReadReport]:
+    """The generic reader behind `read_lists`: any record type, given its validator and Arrow schema.
+
+    `to_row(item) -> (id, row)` raises `InvalidRecord` for a bad item; other stages (SFT demonstrations, prompts)
+    reuse the same file/row/field error reporting and skip counting this way.
+    """
     if on_invalid not in ("error", "skip"):
         raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
-    collector = _Collector(on_invalid)
+    collector = _Collector(on_invalid, to_row, schema)
+    wanted = frozenset(schema.names) | {"prompt", "prompt_messages"}
     for path in resolve_paths(paths):
         collector.report.files[path] = FileCounts()
-        rows = _jsonl_rows(path) if _format_of(path) == "jsonl" else _parquet_rows(path)
+        rows = _jsonl_rows(path) if _format_of(path) == "jsonl" else _parquet_rows(path, wanted)
         for n, item in rows:
             collector.add(path, n, item)
         if collector.report.files[path].rows_read == 0:

@@ -62,3 +62,22 @@ def load_causal_lm(spec: str, dtype: str = "float32", attn_implementation: str =
     path = str(Path(spec).expanduser()) if _looks_local(spec) else spec
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
     return model.eval()
+
+
+def load_sequence_classifier(spec: str, dtype: str = "float32"):
+    """A one-output sequence classifier (a reward model), from a reward model or a causal LM checkpoint.
+
+    From a causal LM the backbone is reused and the scalar head starts random, as in usual reward-model training.
+    `builtin:*` gives the tiny classifier of `lipo.models.tiny`.
+    """
+    if spec.startswith("builtin:"):
+        from lipo.models.tiny import tiny_reward_model
+
+        return tiny_reward_model(seed=0).to(DTYPES[dtype])
+    from transformers import AutoModelForSequenceClassification
+
+    path = str(Path(spec).expanduser()) if _looks_local(spec) else spec
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=DTYPES[dtype])
+    if model.config.pad_token_id is None:  # the head reads the last non-pad token, so it needs the pad id
+        model.config.pad_token_id = load_tokenizer(spec).pad_token_id
+    return model.eval()

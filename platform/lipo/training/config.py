@@ -1,8 +1,13 @@
-"""`TrainConfig`: the one config of `lipo train`, validated before Ray starts.
+"""Configs of the three training stages, validated before Ray starts.
+
+- `TrainConfig`: `lipo train` (LiPO on lists);
+- `SFTConfig`: `lipo sft` (next-token loss on demonstrations);
+- `RewardTrainConfig`: `lipo train-rm` (pointwise Bradley-Terry or the paper's pairwise ranking model).
 
     cfg = load_config(TrainConfig, "configs/train_example.yaml", ["objective.name=list_mle"])
 
-Every section forbids unknown keys, so a typo fails with a message that names it.
+They share the sections of `StageConfig` (model, data, optim, deepspeed, scaling, checkpoint, tracking); every
+section forbids unknown keys, so a typo fails with a message that names it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from pydantic import Field, model_validator
 
 from lipo.config import Strict
 from lipo.losses import LambdaWeightName, ObjectiveName
+from lipo.models.reward import DEFAULT_PAIR_TEMPLATE
 
 
 class LoraConfig(Strict):
@@ -82,13 +88,14 @@ class TrackingConfig(Strict):
     log_every: int = Field(1, ge=1)
 
 
-class TrainConfig(Strict):
+class StageConfig(Strict):
+    """Sections every Ray Train stage has; a stage config adds its own on top (schema reuse only)."""
+
     run_name: str | None = None  # same name resumes; default: a fresh timestamped name
     output_dir: str = "runs"
     seed: int = 0
     model: ModelConfig = ModelConfig()
     data: DataConfig
-    objective: ObjectiveConfig = ObjectiveConfig()
     optim: OptimConfig = OptimConfig()
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     scaling: ScalingConfig = ScalingConfig()
@@ -100,3 +107,24 @@ class TrainConfig(Strict):
         if self.run_name is not None and not self.run_name.replace("-", "").replace("_", "").isalnum():
             raise ValueError("run_name may hold only letters, digits, '-' and '_'")
         return self
+
+
+class TrainConfig(StageConfig):
+    objective: ObjectiveConfig = ObjectiveConfig()
+
+
+class SFTConfig(StageConfig):
+    """`data.train` holds demonstrations: `prompt` plus `response` (or `reference`, as in prompt files)."""
+
+
+class RewardSpec(Strict):
+    kind: Literal["pointwise", "pairwise"] = "pointwise"
+    pair_template: str = DEFAULT_PAIR_TEMPLATE  # pairwise only: fields {prompt}, {a}, {b}
+    max_tokens: int = Field(1024, ge=8)  # the input keeps its END when longer
+    eval_fraction: float = Field(0.1, ge=0, lt=1)  # held-out lists for the pairwise accuracy
+
+
+class RewardTrainConfig(StageConfig):
+    """`data.train` holds lists (the list record); pairs come from labels, ties make no pair."""
+
+    reward: RewardSpec = RewardSpec()

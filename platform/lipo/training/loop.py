@@ -1,92 +1,65 @@
-"""The per-worker LiPO training loop, run by Ray Train on every worker (`TorchTrainer(train_loop, ...)`).
+"""The per-worker training loop shared by `lipo train`, `lipo sft` and `lipo train-rm` (Ray Train, DeepSpeed).
 
 Reads top to bottom: setup -> (step -> log -> checkpoint)* -> export. One optimizer step is `grad_accum`
-micro-batches of `micro_batch_size` lists per worker; the score of a response is
-`beta * (log pi(y|x) - log pi_ref(y|x))`, and the objective is looked up by name in `lipo.losses.LOSSES`.
-Launched by `workflows/train.py`; run `lipo train CONFIG.yaml`.
+micro-batches of `micro_batch_size` rows per worker; what a micro-batch computes is the task's `loss`
+(`lipo.training.tasks`), e.g. for LiPO `beta * (log pi - log pi_ref)` scored by an objective from `LOSSES`.
+Launched by `workflows/train.py` (`lipo train CONFIG.yaml`).
 """
 
 from __future__ import annotations
 
-import functools
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import ray.data
 import ray.train
 import torch
 import torch.distributed as dist
 
-from lipo.data.collate import collate_lists, count_tokens
-from lipo.losses import LOSSES
-from lipo.models.loading import load_causal_lm, load_tokenizer
-from lipo.models.logps import sequence_logps
+from lipo.models.loading import load_tokenizer
 from lipo.training import engine as eng
-from lipo.training.config import TrainConfig
-from lipo.training.metrics import ndcg, pairwise_accuracy, top_bottom_margin
+from lipo.training.config import RewardTrainConfig, SFTConfig, TrainConfig
 from lipo.training.plan import BatchPlan
+from lipo.training.tasks import TASKS
+
+CONFIGS = {"lipo": TrainConfig, "sft": SFTConfig, "reward_pointwise": RewardTrainConfig,
+           "reward_pairwise": RewardTrainConfig}
 
 
-def objective(cfg: TrainConfig):
-    fn = LOSSES[cfg.objective.name]
-    if cfg.objective.name == "lambda":
-        fn = functools.partial(fn, weight=cfg.objective.lambda_weight, normalize=cfg.objective.normalize)
-    return fn
+def _plain(v):
+    """Arrow/numpy values from Ray Data back to plain Python lists and scalars."""
+    if isinstance(v, np.ndarray):
+        return [_plain(x) for x in v.tolist()] if v.dtype == object else v.tolist()
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v.item() if isinstance(v, np.generic) else v
 
 
-def load_lists() -> list[dict]:
-    """This worker's copy of the tokenised lists, in dataset order (see `plan.py` for why every worker has all)."""
+def load_rows() -> list[dict]:
+    """This worker's copy of the rows, in dataset order (see `plan.py` for why every worker has all)."""
     ray.data.DataContext.get_current().enable_progress_bars = False
-    rows = sorted(ray.train.get_dataset_shard("train").iter_rows(), key=lambda r: int(r["idx"]))
-    return [{
-        "prompt_ids": [int(t) for t in r["prompt_ids"]],
-        "response_ids": [[int(t) for t in resp] for resp in r["response_ids"]],
-        "labels": [float(x) for x in r["labels"]],
-        "ref_logps": None if r.get("ref_logps") is None else [float(x) for x in r["ref_logps"]],
-    } for r in rows]
-
-
-def policy_model(cfg: TrainConfig):
-    model = load_causal_lm(cfg.model.path, "float32", cfg.model.attn_implementation)
-    if cfg.model.lora:
-        from peft import LoraConfig, get_peft_model
-
-        lc = cfg.model.lora
-        model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                                                 target_modules=lc.target_modules, task_type="CAUSAL_LM"))
-    return model
-
-
-def reference_logps(engine, ref, batch: dict) -> torch.Tensor:
-    """[B, K] reference log-probs: from the data if present, else the frozen reference (or the LoRA base)."""
-    if "ref_logps" in batch:
-        return batch["ref_logps"]
-    with torch.no_grad():
-        if ref is None:  # LoRA: the reference is the base model with the adapter switched off
-            with engine.module.disable_adapter():
-                return sequence_logps(engine, batch)
-        return sequence_logps(ref, batch)
+    rows = [{k: _plain(v) for k, v in r.items()} for r in ray.train.get_dataset_shard("train").iter_rows()]
+    return sorted(rows, key=lambda r: int(r["idx"]))
 
 
 def train_loop(config: dict) -> None:
     # ---- setup
-    cfg = TrainConfig.model_validate(config["cfg"])
+    task_name = config["task"]
+    cfg = CONFIGS[task_name].model_validate(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed + rank)
     device = torch.device("cuda" if cfg.scaling.use_gpu else "cpu")
-    lists = load_lists()
-    plan = BatchPlan(len(lists), cfg.optim.micro_batch_size, world, cfg.optim.grad_accum, cfg.optim.epochs,
+    rows = load_rows()
+    plan = BatchPlan(len(rows), cfg.optim.micro_batch_size, world, cfg.optim.grad_accum, cfg.optim.epochs,
                      cfg.optim.max_steps, cfg.seed)
     tokenizer = load_tokenizer(cfg.model.path)
-    engine = eng.build_engine(policy_model(cfg), cfg, world, plan.total_steps)
-    has_ref = all(it["ref_logps"] is not None for it in lists)
-    ref = None
-    if not has_ref and not cfg.model.lora:
-        ref = eng.build_reference(load_causal_lm(cfg.model.reference or cfg.model.path, "float32",
-                                                 cfg.model.attn_implementation), cfg, world)
-    loss_fn, beta = objective(cfg), cfg.objective.beta
+    has_ref = all(r.get("ref_logps") is not None for r in rows)
+    task = TASKS[task_name](cfg, tokenizer.pad_token_id, has_ref)
+    engine = eng.build_engine(task.build_model(), cfg, world, plan.total_steps)
+    ref = task.build_reference(world)
     start = 0
     if (ckpt := ray.train.get_checkpoint()) is not None:
         with ckpt.as_directory() as d:
@@ -95,31 +68,25 @@ def train_loop(config: dict) -> None:
 
     for step in range(start, plan.total_steps):
         # ---- step
-        t0, tokens, sums = time.perf_counter(), 0, torch.zeros(6, dtype=torch.float64)
+        t0, sums, tokens = time.perf_counter(), None, 0
         for micro in range(cfg.optim.grad_accum):
-            items = [lists[i] for i in plan.indices(step, micro, rank)]
-            batch = {k: v.to(device) for k, v in collate_lists(items, tokenizer.pad_token_id).items()}
-            logps = sequence_logps(engine, batch)  # [B, K]
-            log_ratio = logps - reference_logps(engine, ref, batch)  # [B, K]
-            scores, labels, mask = beta * log_ratio, batch["labels"], batch["list_mask"]
-            loss = loss_fn(scores, labels, mask)
+            items = [rows[i] for i in plan.indices(step, micro, rank)]
+            batch = {k: v.to(device) for k, v in task.collate(items).items()}
+            loss, m = task.loss(engine, ref, batch)
             engine.backward(loss)
             engine.step()
-            s = scores.detach().float()
-            sums += torch.tensor([loss.item(), ndcg(s, labels, mask).item(), pairwise_accuracy(s, labels, mask).item(),
-                                  top_bottom_margin(s, labels, mask).item(),
-                                  log_ratio.detach()[mask].mean().item(), 0.0], dtype=torch.float64)
-            tokens += count_tokens(batch)
+            values = torch.tensor(list(m.values()), dtype=torch.float64)
+            sums = values if sums is None else sums + values
+            tokens += int(batch["attention_mask"].sum())
         # ---- log
-        sums[5] = tokens
+        sums = torch.cat([sums, torch.tensor([tokens], dtype=torch.float64)])
         dist.all_reduce(sums)  # mean of the per-micro-batch means over ranks; tokens summed
         n = world * cfg.optim.grad_accum
-        metrics = {"train/loss": sums[0] / n, "train/ndcg": sums[1] / n, "train/pair_accuracy": sums[2] / n,
-                   "train/margin": sums[3] / n, "train/log_ratio": sums[4] / n,
-                   "train/lr": engine.get_lr()[0], "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
-                   "train/tokens_per_s": float(sums[5]) / (time.perf_counter() - t0),
-                   "train/epoch": step / plan.steps_per_epoch}
-        metrics = {k: float(v) for k, v in metrics.items()}
+        metrics = {f"train/{k}": float(v) / n for k, v in zip(m.keys(), sums[:-1])}
+        metrics.update({"train/lr": float(engine.get_lr()[0]),
+                        "train/grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                        "train/tokens_per_s": float(sums[-1]) / (time.perf_counter() - t0),
+                        "train/epoch": step / plan.steps_per_epoch})
         done = step + 1
         if rank == 0 and sink is not None and (done % cfg.tracking.log_every == 0 or done == plan.total_steps):
             sink.push.remote(done, plan.total_steps, metrics)

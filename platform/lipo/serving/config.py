@@ -1,0 +1,158 @@
+"""`ServeConfig`: the one config of `lipo serve`, and `ServeArgs`, the typed arguments of `build_app`.
+
+    cfg = load_config(ServeConfig, "configs/serve_example.yaml", ["policy.model=runs:/abc123/model"])
+
+Three model slots, each its own Serve deployment: `policy` (required), `baseline` (optional: a second policy, e.g.
+the SFT model the evaluation compares against, and the reference of the KL estimate) and `reward` (optional).
+Clients pick a policy with the OpenAI `model` field, which must equal that slot's `name`. Every deployment's
+replicas, autoscaling, CPUs, GPUs and queue bounds come from its `deployment` section; the defaults use a quarter of
+a CPU per replica so the whole app fits on a 2-core laptop.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from lipo.config import Strict
+
+MLFLOW_SCHEMES = ("models:/", "runs:/")
+
+
+class AutoscalingConfig(Strict):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    upscale_delay_s: float = Field(10.0, ge=0)
+    downscale_delay_s: float = Field(300.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class DeploymentConfig(Strict):
+    num_replicas: int = Field(1, ge=1)  # ignored when `autoscaling` is set
+    autoscaling: AutoscalingConfig | None = None
+    num_cpus: float = Field(0.25, ge=0)  # fractional: several replicas share a core on small machines
+    num_gpus: float = Field(0.0, ge=0)
+    # Past max_ongoing_requests + max_queued_requests a request gets 503 at once instead of waiting.
+    max_ongoing_requests: int = Field(8, ge=1)
+    max_queued_requests: int = Field(32, ge=-1)  # -1: unbounded
+    health_check_period_s: float = Field(10.0, gt=0)
+    health_check_timeout_s: float = Field(30.0, gt=0)
+
+    def options(self, name: str) -> dict[str, Any]:
+        """Keyword arguments of `Deployment.options`."""
+        opts: dict[str, Any] = {
+            "name": name,
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+            # Retry-After tells well-behaved clients (the evaluation among them) when to come back.
+            "backpressure_config": {"status_code": 503, "retry_after_s": 1},
+            "health_check_period_s": self.health_check_period_s,
+            "health_check_timeout_s": self.health_check_timeout_s,
+        }
+        if self.autoscaling is not None:
+            opts["autoscaling_config"] = self.autoscaling.model_dump()
+        else:
+            opts["num_replicas"] = self.num_replicas
+        return opts
+
+
+class BatchConfig(Strict):
+    """@serve.batch: concurrent requests within `batch_wait_timeout_s` share one forward pass."""
+
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+
+
+class PolicyConfig(Strict):
+    # A Hugging Face directory or hub id, `builtin:tiny-llama`, or an MLflow URI: `models:/NAME@ALIAS`,
+    # `models:/NAME/VERSION` or `runs:/RUN_ID/model` (the training stage logs its HF dir under `model/`).
+    model: str = "builtin:tiny-llama"
+    name: str = ""  # the OpenAI `model` id; default "policy" (or "baseline" for the baseline slot)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_prompt_tokens: int = Field(512, ge=1)  # longer prompts keep their end, as in training
+    batch: BatchConfig = BatchConfig()
+    deployment: DeploymentConfig = DeploymentConfig()
+
+
+class RewardConfig(Strict):
+    model: str = "builtin:tiny-reward"
+    name: str = "reward"
+    kind: Literal["pointwise", "pairwise"] = "pointwise"
+    # Pairwise only: the text the ranking model reads ({prompt}, {a}, {b}); none: lipo.models.reward's default.
+    pair_template: str | None = None
+    max_tokens: int = Field(1024, ge=1)  # longer inputs keep their end (the responses)
+    batch: BatchConfig = BatchConfig()
+    deployment: DeploymentConfig = DeploymentConfig()
+
+
+class LimitsConfig(Strict):
+    max_request_bytes: int = Field(1 << 20, ge=64)  # larger bodies get 413
+    max_tokens: int = Field(256, ge=1)  # upper bound of a request's max_tokens (422 above)
+    max_n: int = Field(8, ge=1)  # upper bound of choices per request: n times the number of prompts
+    max_responses: int = Field(16, ge=2)  # upper bound of responses per /v1/score or /v1/logprobs request
+    request_timeout_s: float = Field(60.0, gt=0)  # a model call running longer gets 408
+
+
+class HttpConfig(Strict):
+    # Only `lipo serve` reads this; under `serve deploy` or a RayService, the Serve config's http_options rule.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)  # 0: any free port
+    route_prefix: str = "/"
+
+
+class ServeConfig(Strict):
+    app_name: str = "lipo"
+    tracking_uri: str | None = None  # for MLflow model URIs; default $MLFLOW_TRACKING_URI
+    http: HttpConfig = HttpConfig()
+    policy: PolicyConfig = PolicyConfig()
+    baseline: PolicyConfig | None = None
+    reward: RewardConfig | None = RewardConfig()
+    ingress: DeploymentConfig = DeploymentConfig(max_ongoing_requests=32, max_queued_requests=64)
+    limits: LimitsConfig = LimitsConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_names(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = dict(data)
+            for slot in ("policy", "baseline"):
+                section = data.get(slot)
+                if isinstance(section, dict) and not section.get("name"):
+                    data[slot] = {**section, "name": slot}
+            if "policy" not in data:
+                data["policy"] = {"name": "policy"}
+        return data
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> "ServeConfig":
+        names = [s.name for s in (self.policy, self.baseline, self.reward) if s is not None]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be distinct, got {names} (set policy.name / baseline.name)")
+        if not self.http.route_prefix.startswith("/"):
+            raise ValueError("http.route_prefix must start with '/'")
+        return self
+
+    def policies(self) -> dict[str, PolicyConfig]:
+        """OpenAI model id -> policy slot."""
+        return {s.name: s for s in (self.policy, self.baseline) if s is not None}
+
+
+class ServeArgs(Strict):
+    """Arguments of `lipo.serving.app:build_app`, as a `serve deploy` config or a RayService passes them.
+
+    `config` is a ServeConfig YAML file (none: the defaults, builtin tiny models); `overrides` are `key.sub=value`
+    strings applied on top, as on the command line. The API key comes from $LIPO_API_KEY or $LIPO_API_KEY_FILE on
+    the cluster; with neither, `insecure: true` must be set explicitly unless Serve listens on loopback only.
+    """
+
+    config: str | None = None
+    overrides: list[str] = []
+    insecure: bool = False

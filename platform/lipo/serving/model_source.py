@@ -1,0 +1,96 @@
+"""Where a served model comes from: a local HF directory, a hub id, `builtin:NAME`, or an MLflow URI.
+
+    check_source("runs:/abc/model", key="policy.model")   # driver side, before Ray: fail fast with one line
+    local = resolve("models:/lipo-policy@champion")       # replica side: download once, return the HF directory
+    model, tok = load_reward("builtin:tiny-reward")       # a sequence classifier and its tokenizer
+
+MLflow URIs (`models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/RUN_ID/model`) are downloaded with
+`mlflow.artifacts.download_artifacts`; the training stage logs its exported HF directory under `model/` of its run,
+so `runs:/RUN_ID` alone also works (the `model/` folder is found inside). Causal LMs load through
+`lipo.models.loading`, so serving, build-lists and evaluation read a checkpoint the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from lipo.errors import LipoError
+from lipo.serving.config import MLFLOW_SCHEMES
+
+REWARD_BUILTINS = ("builtin:tiny-reward",)
+
+
+def is_mlflow_uri(spec: str) -> bool:
+    return spec.startswith(MLFLOW_SCHEMES)
+
+
+def check_source(spec: str, key: str, reward: bool = False) -> None:
+    """Fail fast, naming the config key, when `spec` cannot be a model (MLflow URIs are checked on download)."""
+    if is_mlflow_uri(spec):
+        if spec.rstrip("/") in MLFLOW_SCHEMES or spec.endswith(":/"):
+            raise LipoError(f"{key}: incomplete MLflow URI '{spec}' (e.g. models:/NAME@ALIAS or runs:/RUN_ID/model)")
+        return
+    if reward and spec.startswith("builtin:"):
+        if spec not in REWARD_BUILTINS:
+            raise LipoError(f"{key}: unknown builtin reward model '{spec}' (choose from {', '.join(REWARD_BUILTINS)})")
+        return
+    from lipo.models.loading import check_model_spec
+
+    check_model_spec(spec, key)
+
+
+def _hf_dir(root: Path, spec: str) -> Path:
+    """The HF directory inside a download: the root itself, or its `model/` folder (a whole run was given)."""
+    for cand in (root, root / "model"):
+        if (cand / "config.json").is_file():
+            return cand
+    raise LipoError(f"{spec}: the downloaded artifacts hold no Hugging Face model (no config.json in {root} or "
+                    f"{root}/model)")
+
+
+def resolve(spec: str, tracking_uri: str | None = None, cache_dir: str | None = None) -> str:
+    """A spec `lipo.models.loading` understands: MLflow URIs are downloaded to a local directory first."""
+    if not is_mlflow_uri(spec):
+        return spec
+    import mlflow.artifacts
+
+    dst = Path(cache_dir or tempfile.mkdtemp(prefix="lipo-model-"))
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(dst),
+                                                    tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    except Exception as exc:  # MLflow raises many types (RestException, MlflowException, OSError)
+        raise LipoError(f"cannot download {spec}: {str(exc).strip().splitlines()[0]}") from exc
+    return str(_hf_dir(Path(local), spec))
+
+
+def load_reward(spec: str, dtype: str = "float32"):
+    """(model, tokenizer) of a sequence-classifier reward model with one output, in eval mode.
+
+    Uses the shared `lipo.models.reward_loading.load_reward_model` when it exists; this fallback covers
+    `builtin:tiny-reward` and HF directories until then.
+    """
+    try:
+        from lipo.models.reward_loading import load_reward_model  # type: ignore[import-not-found]
+    except ImportError:
+        load_reward_model = None
+    if load_reward_model is not None:
+        loaded = load_reward_model(spec)
+        model, tok = loaded if isinstance(loaded, tuple) else (loaded.model, loaded.tokenizer)
+    elif spec.startswith("builtin:"):
+        from lipo.models.tiny import byte_tokenizer, tiny_reward_model
+
+        model, tok = tiny_reward_model(seed=0), byte_tokenizer()
+    else:
+        from transformers import AutoModelForSequenceClassification
+
+        from lipo.models.loading import DTYPES, load_tokenizer
+
+        tok = load_tokenizer(spec)
+        model = AutoModelForSequenceClassification.from_pretrained(str(Path(spec).expanduser()),
+                                                                   dtype=DTYPES[dtype]).eval()
+    if model.config.pad_token_id is None:  # batched classification finds the last token through the pad id
+        model.config.pad_token_id = tok.pad_token_id
+    return model, tok
