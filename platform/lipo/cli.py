@@ -7,6 +7,7 @@
     lipo import --format pairs|ultrafeedback|ranked INPUT OUTPUT.parquet
     lipo serve CONFIG.yaml [key.sub=value ...] [--insecure]
     lipo eval CONFIG.yaml [key.sub=value ...]
+    lipo submit CONFIG.yaml [key.sub=value ...] --address http://HEAD:8265 [--stage pipeline|build-lists|train|eval]
 
 A `LipoError` (a user mistake) prints one line and exits with status 2; no Ray stack trace. Configs are validated
 before Ray starts.
@@ -87,6 +88,17 @@ def serve(config: str = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
 def eval_(config: str = CONFIG, overrides: Optional[list[str]] = OVERRIDES) -> None:
     """Win rate of the policy against the SFT baseline, judged by the reward model, with a bootstrap CI."""
     _stage("evaluate", "lipo.evaluation.config:EvalConfig", config, overrides)
+
+
+@app.command()
+def submit(config: str = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
+           address: str = typer.Option("http://127.0.0.1:8265", "--address", help="Ray dashboard / Jobs API"),
+           stage: str = typer.Option("pipeline", "--stage", help="pipeline | build-lists | train | eval"),
+           follow: bool = typer.Option(True, "--follow/--no-follow", help="stream the job's logs")) -> None:
+    """Submit a stage (default: the whole pipeline) as a Ray job; Ctrl-C detaches without killing it."""
+    from lipo.jobs import submit_job
+
+    submit_job(config, overrides or [], address=address, stage=stage, follow=follow)
 
 
 def main() -> None:
