@@ -20,6 +20,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Other processes on a shared machine skew wall times; the 1-minute load average at start and end is recorded so a
+# reader can tell a quiet run from a contended one.
+LOAD_AT_START = os.getloadavg()[0]
 
 
 def machine_info() -> dict:
@@ -129,10 +132,12 @@ def md_table(headers: list[str], rows: list[list]) -> str:
 
 def write_results(name: str, payload: dict, markdown: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine_info(), **payload}
+    machine = {**machine_info(), "loadavg_1min_start": LOAD_AT_START, "loadavg_1min_end": os.getloadavg()[0]}
+    payload = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine, **payload}
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     m = payload["machine"]
     header = (f"# {name}\n\n{payload['date']}; {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
-              f"({m['torch_threads']} threads), transformers {m['transformers']}\n\n")
+              f"({m['torch_threads']} threads), transformers {m['transformers']}; 1-min load average "
+              f"{m['loadavg_1min_start']:.1f} at start, {m['loadavg_1min_end']:.1f} at end\n\n")
     (RESULTS / f"{name}.md").write_text(header + markdown.strip() + "\n", encoding="utf-8")
     print(f"wrote {RESULTS / name}.json and .md")

@@ -102,6 +102,8 @@ def run(args) -> dict:
     from transformers import LlamaForCausalLM
 
     cuda = torch.cuda.is_available() and not args.smoke
+    if not cuda and not args.smoke:
+        raise RuntimeError("no CUDA device visible; use --smoke for a CPU check of the code path")
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     for key, val in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29533"), ("RANK", "0"), ("WORLD_SIZE", "1"),
                      ("LOCAL_RANK", "0")):
@@ -146,18 +148,20 @@ def run(args) -> dict:
     for i in range(args.warmup):
         step(batches[i % len(batches)], True)
         step(batches[i % len(batches)], False)
-    sync(device)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
     times = {True: [], False: []}
     tokens = {True: 0, False: 0}
+    peak_mem = {True: 0, False: 0}
     for i in range(args.steps):
         for packing in (True, False):  # alternate, so both see the same clocks and memory state
             sync(device)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             t0 = time.perf_counter()
             tokens[packing] += step(batches[i % len(batches)], packing)
             sync(device)
             times[packing].append(time.perf_counter() - t0)
+            if cuda:
+                peak_mem[packing] = max(peak_mem[packing], torch.cuda.max_memory_allocated())
     name = out["device"]
     spec = next((peak for key, peak in BF16_PEAK if key in name), None) if cuda else None
     measured = matmul_peak(device, torch.bfloat16 if cuda else torch.float32, 8192 if cuda else 512)
@@ -168,6 +172,8 @@ def run(args) -> dict:
         res = {"step_s_median": sorted(times[packing])[len(times[packing]) // 2], "tokens_per_s": tps,
                "lists_per_s": args.lists_per_step * args.steps / total,
                "tokens_per_step": tokens[packing] / args.steps}
+        if cuda:
+            res["peak_memory_allocated_gib"] = peak_mem[packing] / 2**30
         # 6N per token for the policy's forward+backward; 8N adds the reference forward.
         for flops_per_token, key in ((6 * n_matmul, "6N"), (8 * n_matmul, "8N_incl_ref")):
             if spec:
@@ -176,7 +182,6 @@ def run(args) -> dict:
         out[label] = res
     out["packed_speedup_lists_per_s"] = out["packed"]["lists_per_s"] / out["unpacked"]["lists_per_s"]
     if cuda:
-        out["peak_memory_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
         out["peak_memory_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
     return out
 

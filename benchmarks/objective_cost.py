@@ -74,7 +74,8 @@ def main() -> None:
         step_s = median(steps)
         entry = {"K": k, "B": B, "step_seconds_median": step_s, "step_seconds_all": steps, "objectives": {}}
         for name, ts in per_loss.items():
-            entry["objectives"][name] = {"seconds_median": median(ts), "seconds_p90": statistics.quantiles(ts, n=10)[-1],
+            entry["objectives"][name] = {"seconds_median": median(ts),
+                                         "seconds_p90": statistics.quantiles(ts, n=10)[-1],
                                          "fraction_of_step": median(ts) / step_s}
         results.append(entry)
         rows.append([k, f"{1000 * step_s:.0f}"] + [f"{100 * entry['objectives'][n]['fraction_of_step']:.3f}%"

@@ -231,8 +231,10 @@ def main() -> None:
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     rows_a = [[name, f"{a[name]['seconds_median']:.3f}", f"{a[name]['tokens_per_s']:,.0f}",
-               f"{a[name]['tokens_per_s'] / a['trl']['tokens_per_s']:.2f}x"] for name in ("trl", "lipo_unpacked", "lipo")]
-    rows_b = [[f"TRL DPO, {K * (K - 1) // 2} pairs/list (sum of step times)", b["trl_steps_per_epoch"], f"{b['trl_steps_s_median']:.1f}"],
+               f"{a[name]['tokens_per_s'] / a['trl']['tokens_per_s']:.2f}x"]
+              for name in ("trl", "lipo_unpacked", "lipo")]
+    rows_b = [[f"TRL DPO, {K * (K - 1) // 2} pairs/list (sum of step times)", b["trl_steps_per_epoch"],
+               f"{b['trl_steps_s_median']:.1f}"],
               ["TRL DPO, whole `train()` incl. setup", b["trl_steps_per_epoch"], f"{b['trl_train_s_median']:.1f}"],
               ["lipo LiPO-lambda, lists, packed", b["lipo_steps_per_epoch"], f"{b['lipo_epoch_s_median']:.1f}"]]
     sl = a["same_batch_loss"]

@@ -1,5 +1,7 @@
 """The `lipo` command line: one command per stage, each a thin call into `workflows/`.
 
+    lipo run [CONFIG.yaml] [key.sub=value ...]          # the whole pipeline; default configs/quickstart.yaml
+    lipo compare [CONFIG.yaml] [key.sub=value ...]      # all objectives + list-size ablation -> report
     lipo train CONFIG.yaml [key.sub=value ...]
     lipo sft CONFIG.yaml [key.sub=value ...]
     lipo train-rm CONFIG.yaml [key.sub=value ...]
@@ -88,6 +90,28 @@ def serve(config: str = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
 def eval_(config: str = CONFIG, overrides: Optional[list[str]] = OVERRIDES) -> None:
     """Win rate of the policy against the SFT baseline, judged by the reward model, with a bootstrap CI."""
     _stage("evaluate", "lipo.evaluation.config:EvalConfig", config, overrides)
+
+
+@app.command()
+def run(config: Optional[str] = typer.Argument(None, help="PipelineConfig YAML (default: configs/quickstart.yaml)"),
+        overrides: Optional[list[str]] = OVERRIDES) -> None:
+    """Run the whole pipeline: (bootstrap) -> sft -> train-rm -> build-lists -> train -> evaluate."""
+    from workflows.pipeline import DEFAULT_CONFIG
+
+    if config is not None and "=" in config:  # `lipo run key=value`: overrides of the default config
+        config, overrides = None, [config, *(overrides or [])]
+    _stage("pipeline", "lipo.pipeline.config:PipelineConfig", config or str(DEFAULT_CONFIG), overrides)
+
+
+@app.command()
+def compare(config: Optional[str] = typer.Argument(None, help="PipelineConfig YAML (default: quickstart)"),
+            overrides: Optional[list[str]] = OVERRIDES) -> None:
+    """Train every objective (and the list-size ablation) on the same lists; write report.md/.csv and a plot."""
+    from workflows.pipeline import DEFAULT_CONFIG
+
+    if config is not None and "=" in config:
+        config, overrides = None, [config, *(overrides or [])]
+    _stage("compare", "lipo.pipeline.config:PipelineConfig", config or str(DEFAULT_CONFIG), overrides)
 
 
 @app.command()

@@ -97,8 +97,8 @@ def pack_lists(items: list[dict], pad_id: int, token_budget: int | None = None,
                 n = len(resp)
                 input_ids[r, col:col + n] = torch.tensor(list(resp), dtype=torch.long)
                 position_ids[r, col:col + n] = torch.arange(P, P + n)
-                mask[r, col:col + n, start:start + P] = True  # a response sees its whole prompt ...
-                mask[r, col:col + n, col:col + n] = torch.ones(n, n, dtype=torch.bool).tril()  # ... and itself, causally
+                mask[r, col:col + n, start:start + P] = True  # a response sees its whole prompt,
+                mask[r, col:col + n, col:col + n] = torch.ones(n, n, dtype=torch.bool).tril()  # and itself causally
                 list_mask[b, k] = True
                 # With an empty prompt nothing predicts the first response token; sequence_logps skips it too.
                 j0 = 0 if P else 1

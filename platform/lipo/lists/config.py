@@ -21,7 +21,6 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from lipo.config import Strict, config_hash
-from lipo.models.reward import DEFAULT_PAIR_TEMPLATE
 
 ScorerName = Literal["pointwise", "pairwise", "function", "existing"]
 LabelName = Literal["minmax", "rank", "sigmoid", "winrate", "identity"]
@@ -58,7 +57,9 @@ class ScoreConfig(Strict):
     model: str | None = None  # pointwise / pairwise: reward model spec (HF dir, hub id, builtin:tiny-reward)
     dtype: DType = "float32"
     max_tokens: int = Field(1024, ge=1)  # reward model input limit; the END of a too-long text is kept
-    pair_template: str = DEFAULT_PAIR_TEMPLATE  # pairwise: {prompt}, {a}, {b}
+    # pairwise: the text the ranking model reads, with {prompt}, {a}, {b}; null: lipo.models.reward's default.
+    # (A null default also keeps this module free of torch imports, which actors that need no model appreciate.)
+    pair_template: str | None = None
     function: str | None = None  # function: "module:func", called as func(prompt, response, **function_kwargs)
     function_kwargs: dict[str, Any] = {}
     pass_reference: bool = False  # function: also pass reference=<the row's reference> (verifiable rewards)
@@ -70,7 +71,7 @@ class ScoreConfig(Strict):
             raise ValueError(f"score.model is required for the {self.name} scorer")
         if self.name == "function" and not (self.function and _FUNCTION_PATH.match(self.function)):
             raise ValueError("score.function must be an import path 'module:func' for the function scorer")
-        if self.name == "pairwise":
+        if self.name == "pairwise" and self.pair_template is not None:
             for key in ("{prompt}", "{a}", "{b}"):
                 if key not in self.pair_template:
                     raise ValueError(f"score.pair_template must contain {key}")

@@ -85,13 +85,18 @@ def prepare(cfg: BuildListsConfig) -> Plan:
 
 
 def _map(ds, stage: type, plan: Plan, res):
+    from ray.data import ActorPoolStrategy
+
+    pool = (ActorPoolStrategy(size=res.concurrency) if isinstance(res.concurrency, int)
+            else ActorPoolStrategy(min_size=res.concurrency[0], max_size=res.concurrency[1]))
+    # Fault tolerance: Ray Data 2.60 creates pool actors with max_restarts=-1 and max_task_retries=-1 unless told
+    # otherwise (ActorPoolMapOperator), so a dead actor is replaced and its block retried; passing them again is
+    # deprecated (`ray_remote_args`). tests/workflows/test_build_lists_e2e.py kills a scorer actor to prove it.
     return ds.map_batches(
-        stage, fn_constructor_kwargs={"cfg": plan.resolved},
+        stage, fn_constructor_kwargs={"cfg": plan.resolved}, compute=pool,
         # One block = one shard = one call: the actor cuts it into micro-batches of res.batch_size itself, so the
         # grouping into model batches does not depend on how Ray Data bundles blocks (see lipo.lists.stages).
-        batch_size=None, batch_format="pyarrow",
-        concurrency=res.concurrency, num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-        max_restarts=-1, max_task_retries=-1)  # a dead actor is replaced and its task retried
+        batch_size=None, batch_format="pyarrow", num_cpus=res.num_cpus, num_gpus=res.num_gpus)
 
 
 def build_dataset(plan: Plan):
@@ -143,7 +148,8 @@ def execute(plan: Plan, on_shard: Callable[[int, dict], None] | None = None) -> 
                 buffers[shard.index][row["id"]] = row  # keyed by id: a retried task cannot duplicate a list
                 if len(buffers[shard.index]) < shard.table.num_rows:
                     continue
-                rows = [buffers.pop(shard.index)[i] for i in shard.table.column("id").to_pylist()]
+                got = buffers.pop(shard.index)
+                rows = [got[i] for i in shard.table.column("id").to_pylist()]
                 record = shard_record(shard, rows)
                 plan.out.write_shard(shard, [_list_row(r) for r in rows if r["drop"] is None], record)
                 done += 1

@@ -121,8 +121,10 @@ def _pointwise(cfg: ScoreConfig, device: str) -> Scorer:
 def _pairwise(cfg: ScoreConfig, device: str) -> Scorer:
     from lipo.models.reward_loading import load_reward_model
 
+    from lipo.models.reward import DEFAULT_PAIR_TEMPLATE
+
     model, tok = load_reward_model(cfg.model, cfg.dtype)
-    return PairwiseScorer(model.to(device), tok, cfg.pair_template, cfg.max_tokens)
+    return PairwiseScorer(model.to(device), tok, cfg.pair_template or DEFAULT_PAIR_TEMPLATE, cfg.max_tokens)
 
 
 SCORERS: dict[ScorerName, Callable[[ScoreConfig, str], Scorer]] = {

@@ -30,7 +30,6 @@ from ray import serve
 
 from lipo.serving import schemas as S
 from lipo.serving.config import ServeArgs, ServeConfig
-from lipo.serving.deployments import PolicyModel, RewardModel
 from lipo.serving.security import ApiError, Guard, check_bind, check_limits, key_digest, load_api_key
 
 log = logging.getLogger("ray.serve")
@@ -205,6 +204,8 @@ class Ingress:
 
 def build(cfg: ServeConfig, digest: str | None):
     """The bound application: ingress + one deployment per configured model slot."""
+    from lipo.serving.deployments import PolicyModel, RewardModel  # here: the ingress replica never needs torch
+
     def model(cls, slot, name):
         return cls.options(**slot.deployment.options(name)).bind(slot.model_dump(mode="json"), cfg.tracking_uri)
 
@@ -239,8 +240,11 @@ def build_app(args: ServeArgs):
     return build(cfg, key_digest(key))
 
 
-def start_local(cfg: ServeConfig, api_key: str | None, insecure: bool = False) -> str:
-    """Start (or join) Serve on this machine, deploy the app and return its base URL once every replica is up."""
+def start_local(cfg: ServeConfig, api_key: str | None, insecure: bool = False, log_level: str = "INFO") -> str:
+    """Start (or join) Serve on this machine, deploy the app and return its base URL once every replica is up.
+
+    `log_level="WARNING"` silences the per-request access logs (the evaluation's own server uses it).
+    """
     from lipo.runtime import ensure_ray
     from lipo.serving.model_source import check_source
 
@@ -253,10 +257,12 @@ def start_local(cfg: ServeConfig, api_key: str | None, insecure: bool = False) -
     # The proxy's own timeout is a backstop a little past the ingress's (which answers 408 with a JSON body).
     # If Serve is already running, it keeps its HTTP options (Serve warns), so ask it where it listens.
     serve.start(http_options={"host": cfg.http.host, "port": port,
-                              "request_timeout_s": cfg.limits.request_timeout_s + 5})
+                              "request_timeout_s": cfg.limits.request_timeout_s + 5},
+                logging_config={"log_level": log_level})
     running_host, running_port = _serve_http()
     host, port = (running_host, running_port) if running_host is not None else (cfg.http.host, port)
-    serve.run(build(cfg, key_digest(api_key)), name=cfg.app_name, route_prefix=cfg.http.route_prefix)
+    serve.run(build(cfg, key_digest(api_key)), name=cfg.app_name, route_prefix=cfg.http.route_prefix,
+              logging_config={"log_level": log_level})
     client_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     return f"http://{client_host}:{port}{cfg.http.route_prefix.rstrip('/')}"
 
@@ -267,3 +273,14 @@ def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host if host not in ("0.0.0.0", "::") else "127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def serve_running() -> bool:
+    return _serve_http()[0] is not None
+
+
+def stop_local(app_name: str, shutdown: bool) -> None:
+    """Remove the app; also stop Serve itself when this process started it (`shutdown`)."""
+    serve.delete(app_name)
+    if shutdown:
+        serve.shutdown()

@@ -4,7 +4,8 @@ Each is a Ray Serve deployment whose replica loads one model once and serves it 
 FastAPI ingress in `lipo.serving.app` is their only caller. Concurrent requests are batched with `@serve.batch`
 and the batch runs in a worker thread, so the replica's event loop keeps answering health checks meanwhile.
 
-Sampling is `lipo.models.generate.sample_ids`, the same seeded sampler build-lists uses: choice j of prompt i with
+Torch and transformers are imported inside the replicas only, so the ingress replica (and `lipo serve`'s driver)
+start without them. Sampling is `lipo.models.generate.sample_ids`, the same seeded sampler build-lists uses: choice j of prompt i with
 request seed s uses the generator seed (s + i) * 1000 + j, so `sample(model, tok, [prompt], n, [s + i], params)`
 reproduces the server's output, whichever other requests shared its batch. Scores are
 `lipo.models.reward.classify` / `pairwise_matrix`, so /v1/score equals `pointwise_rewards` on the same model.
@@ -15,11 +16,11 @@ reproduces the server's output, whichever other requests shared its batch. Score
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter
 from itertools import groupby
 from typing import Any
 
-import torch
 from ray import serve
 
 from lipo.serving.config import PolicyConfig, RewardConfig
@@ -36,6 +37,8 @@ class PolicyModel:
     """A causal LM: `generate(job)` samples completions, `logprobs(job)` scores given responses."""
 
     def __init__(self, cfg: dict, tracking_uri: str | None = None):
+        import torch
+
         from lipo.models.loading import load_causal_lm, load_tokenizer
 
         self.cfg = PolicyConfig.model_validate(cfg)
@@ -104,8 +107,9 @@ class PolicyModel:
         """job: prompt, responses -> {"logprobs": [summed log p(response + EOS | prompt)], "tokens": [counts]}."""
         return await asyncio.to_thread(self._logprobs, job)
 
-    @torch.no_grad()
     def _logprobs(self, job: dict) -> dict:
+        import torch
+
         from lipo.data.collate import collate_lists
         from lipo.data.tokenize import encode_prompt, encode_response
         from lipo.models.logps import sequence_logps
@@ -116,7 +120,8 @@ class PolicyModel:
                 "response_ids": resp, "labels": [0.0] * len(resp)}
         batch = collate_lists([item], pad_id=self.tok.pad_token_id)
         device = next(self.model.parameters()).device
-        logps = sequence_logps(self.model, {k: v.to(device) for k, v in batch.items()})[0]  # [K]
+        with torch.no_grad():
+            logps = sequence_logps(self.model, {k: v.to(device) for k, v in batch.items()})[0]  # [K]
         return {"logprobs": [float(x) for x in logps.cpu()], "tokens": [len(r) for r in resp]}
 
 
@@ -130,6 +135,8 @@ class RewardModel:
     """
 
     def __init__(self, cfg: dict, tracking_uri: str | None = None):
+        import torch
+
         self.cfg = RewardConfig.model_validate(cfg)
         self.model, self.tok = load_reward(resolve(self.cfg.model, tracking_uri))
         if torch.cuda.is_available():
@@ -169,7 +176,7 @@ class RewardModel:
             out, at = [], 0
             for what, _, rs in jobs:
                 r, at = flat[at:at + len(rs)], at + len(rs)
-                out.append(r if what == "score" else float(torch.sigmoid(torch.tensor(r[0] - r[1], dtype=torch.float64))))
+                out.append(r if what == "score" else 1.0 / (1.0 + math.exp(min(700.0, r[1] - r[0]))))
             return out
         template = {"template": self.cfg.pair_template} if self.cfg.pair_template else {}
         out = []

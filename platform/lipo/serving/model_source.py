@@ -2,12 +2,13 @@
 
     check_source("runs:/abc/model", key="policy.model")   # driver side, before Ray: fail fast with one line
     local = resolve("models:/lipo-policy@champion")       # replica side: download once, return the HF directory
-    model, tok = load_reward("builtin:tiny-reward")       # a sequence classifier and its tokenizer
+    model, tok = load_reward("builtin:tiny-reward")       # via lipo.models.reward_loading
 
 MLflow URIs (`models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/RUN_ID/model`) are downloaded with
 `mlflow.artifacts.download_artifacts`; the training stage logs its exported HF directory under `model/` of its run,
-so `runs:/RUN_ID` alone also works (the `model/` folder is found inside). Causal LMs load through
-`lipo.models.loading`, so serving, build-lists and evaluation read a checkpoint the same way.
+so `runs:/RUN_ID` alone also works (the `model/` folder is found inside). Models then load through
+`lipo.models.loading` (policies) and `lipo.models.reward_loading` (reward models), so serving, build-lists and
+training read a checkpoint the same way.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from pathlib import Path
 
 from lipo.errors import LipoError
 from lipo.serving.config import MLFLOW_SCHEMES
-
-REWARD_BUILTINS = ("builtin:tiny-reward",)
 
 
 def is_mlflow_uri(spec: str) -> bool:
@@ -32,10 +31,10 @@ def check_source(spec: str, key: str, reward: bool = False) -> None:
         if spec.rstrip("/") in MLFLOW_SCHEMES or spec.endswith(":/"):
             raise LipoError(f"{key}: incomplete MLflow URI '{spec}' (e.g. models:/NAME@ALIAS or runs:/RUN_ID/model)")
         return
-    if reward and spec.startswith("builtin:"):
-        if spec not in REWARD_BUILTINS:
-            raise LipoError(f"{key}: unknown builtin reward model '{spec}' (choose from {', '.join(REWARD_BUILTINS)})")
-        return
+    if reward:
+        from lipo.models.reward_loading import check_reward_spec
+
+        return check_reward_spec(spec, key)
     from lipo.models.loading import check_model_spec
 
     check_model_spec(spec, key)
@@ -67,30 +66,7 @@ def resolve(spec: str, tracking_uri: str | None = None, cache_dir: str | None = 
 
 
 def load_reward(spec: str, dtype: str = "float32"):
-    """(model, tokenizer) of a sequence-classifier reward model with one output, in eval mode.
+    """(model, tokenizer) of a one-output sequence-classifier reward model (`lipo.models.reward_loading`)."""
+    from lipo.models.reward_loading import load_reward_model
 
-    Uses the shared `lipo.models.reward_loading.load_reward_model` when it exists; this fallback covers
-    `builtin:tiny-reward` and HF directories until then.
-    """
-    try:
-        from lipo.models.reward_loading import load_reward_model  # type: ignore[import-not-found]
-    except ImportError:
-        load_reward_model = None
-    if load_reward_model is not None:
-        loaded = load_reward_model(spec)
-        model, tok = loaded if isinstance(loaded, tuple) else (loaded.model, loaded.tokenizer)
-    elif spec.startswith("builtin:"):
-        from lipo.models.tiny import byte_tokenizer, tiny_reward_model
-
-        model, tok = tiny_reward_model(seed=0), byte_tokenizer()
-    else:
-        from transformers import AutoModelForSequenceClassification
-
-        from lipo.models.loading import DTYPES, load_tokenizer
-
-        tok = load_tokenizer(spec)
-        model = AutoModelForSequenceClassification.from_pretrained(str(Path(spec).expanduser()),
-                                                                   dtype=DTYPES[dtype]).eval()
-    if model.config.pad_token_id is None:  # batched classification finds the last token through the pad id
-        model.config.pad_token_id = tok.pad_token_id
-    return model, tok
+    return load_reward_model(spec, dtype)

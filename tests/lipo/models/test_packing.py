@@ -207,6 +207,12 @@ def test_supports_packing_sees_through_wrappers():
     peft = pytest.importorskip("peft")
     lora = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     assert supports_packing(lora)
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:  # LoRA starts as a no-op; make the adapter change the outputs
+                p.normal_(0, 0.1)
+        torch.testing.assert_close(score_lists(lora, items, 0, packing=True),
+                                   sequence_logps(lora, collate_lists(items, 0)), atol=1e-5, rtol=0)
 
 
 def test_score_lists_and_batch_helpers():

@@ -1,0 +1,313 @@
+"""Turn existing preference data into lipo's list format: `lipo import --format F INPUT OUTPUT.parquet`.
+
+    report = import_file("pairs", "hh-rlhf/train.jsonl", "data/hh.parquet")
+    print(report.summary())
+
+Formats (input: JSONL or Parquet files, directories or globs, read by `lipo.data.readers.read_records`):
+- `pairs`: one preference pair per row -> a list of K = 2 with labels [1, 0] (chosen, rejected).
+    * TRL standard: `prompt`, `chosen`, `rejected` strings;
+    * TRL conversational: `prompt` as chat messages, `chosen` / `rejected` as one assistant message each;
+    * TRL implicit prompt: `chosen` / `rejected` as whole conversations sharing every turn but the last;
+    * Anthropic HH: `chosen` / `rejected` transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ..."); the prompt is the
+      shared text up to and including the last "\\n\\nAssistant:", the responses what follows it.
+  `score_chosen` / `score_rejected`, when both are numbers, become `rewards`.
+- `ultrafeedback`: `instruction` (or `prompt`) and `completions: [{response, overall_score | fine-grained_score}]`
+  -> a list of every completion with a response and a numeric rating; rewards = the ratings (the first of
+  `RATING_KEYS` that at least two completions have), labels = min-max scaled within the list (equal ratings: 0.5).
+  Completions with no response or no numeric rating (UltraFeedback has "N/A") are left out and counted.
+- `ranked`: replies with a rank (OpenAssistant), rank 0 or 1 = best, lower is better -> labels
+  psi = (K - r) / (K - 1) by rank (`lipo.lists.labels.rank`, ties share their mean rank). Two layouts:
+    * grouped rows: `prompt` and `responses` (or `replies`): `[{text | response | content, rank}]`;
+    * the OpenAssistant message export: one message per row with `message_id`, `parent_id`, `role`
+      (prompter / assistant), `text`, `rank`; each prompter message with >= 2 ranked assistant replies becomes a
+      list whose prompt is the conversation up to it (chat messages when it has several turns).
+  Replies without a rank are left out and counted.
+
+Every output row is validated as a `ListRecord` and written with `write_lists` (one Parquet file, LIST_SCHEMA,
+atomic), so `lipo train data.train=[OUTPUT]` reads it as is. A row that cannot be imported is skipped and counted
+by reason (`on_invalid="error"` raises instead, naming the file, row and field); public datasets hold a few such
+rows (HH has identical chosen/rejected pairs), and one should not stop an import.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lipo.data.readers import ReadReport, read_records, resolve_paths, write_lists
+from lipo.data.records import LIST_SCHEMA, InvalidRecord, Problem, record_to_row, row_to_record
+from lipo.errors import DataError
+
+RATING_KEYS = ("overall_score", "fine-grained_score", "fine_grained_score")
+HH_ASSISTANT = "\n\nAssistant:"
+_TEXT_KEYS = ("text", "response", "content")
+
+
+@dataclass
+class ImportReport:
+    fmt: str
+    output: Path
+    read: ReadReport
+    left_out: Counter = field(default_factory=Counter)  # candidates left out of otherwise valid lists, by reason
+
+    def summary(self) -> str:
+        line = f"import {self.fmt}: {self.read.summary()}; wrote {self.read.rows_valid} lists to {self.output}"
+        if self.left_out:
+            line += "; candidates left out: " + ", ".join(f"{k} {v}" for k, v in sorted(self.left_out.items()))
+        return line
+
+
+def _bad(where: str, message: str, reason: str) -> InvalidRecord:
+    return InvalidRecord([Problem(where, message, reason)])
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _list_row(item: Mapping[str, Any], prompt: Any, responses: list[str], labels: list[float],
+              rewards: list[float] | None = None) -> tuple[str, dict[str, Any]]:
+    rec = row_to_record({"id": item.get("id"), "prompt": prompt, "responses": responses, "labels": labels,
+                         "rewards": rewards})
+    return rec.id, record_to_row(rec)
+
+
+# ------------------------------------------------------------------------------------------------------ pairs
+
+
+def _assistant_text(v: Any, where: str) -> str:
+    if isinstance(v, str):
+        return v
+    if (isinstance(v, list) and len(v) == 1 and isinstance(v[0], Mapping) and v[0].get("role") == "assistant"
+            and isinstance(v[0].get("content"), str)):
+        return v[0]["content"]
+    raise _bad(where, "must be a string or one assistant message", f"{where}: bad completion")
+
+
+def _split_hh(text: str, where: str) -> tuple[str, str]:
+    cut = text.rfind(HH_ASSISTANT)
+    if cut < 0:
+        raise _bad(where, "has no '\\n\\nAssistant:' turn (not an HH transcript)", f"{where}: not a transcript")
+    cut += len(HH_ASSISTANT)
+    return text[:cut], text[cut:].strip()
+
+
+def _split_conversation(v: list, where: str) -> tuple[list, str]:
+    if not v or not isinstance(v[-1], Mapping) or v[-1].get("role") != "assistant":
+        raise _bad(where, "the last message must be the assistant's", f"{where}: bad conversation")
+    return v[:-1], str(v[-1].get("content"))
+
+
+def pairs_row(item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    chosen, rejected = item.get("chosen"), item.get("rejected")
+    for name, v in (("chosen", chosen), ("rejected", rejected)):
+        if v is None:
+            raise _bad(name, "missing", f"{name}: missing")
+    prompt = item.get("prompt")
+    if prompt is None and isinstance(chosen, str) and isinstance(rejected, str):  # Anthropic HH transcripts
+        (prompt, a), (p2, b) = _split_hh(chosen, "chosen"), _split_hh(rejected, "rejected")
+    elif prompt is None and isinstance(chosen, list) and isinstance(rejected, list):  # TRL implicit prompt
+        (prompt, a), (p2, b) = _split_conversation(chosen, "chosen"), _split_conversation(rejected, "rejected")
+    elif prompt is None:
+        raise _bad("prompt", "missing (and chosen/rejected are not full conversations)", "prompt: missing")
+    else:
+        p2, a, b = prompt, _assistant_text(chosen, "chosen"), _assistant_text(rejected, "rejected")
+    if p2 != prompt:
+        raise _bad("rejected", "its conversation differs from chosen before the last reply", "rejected: other prompt")
+    if not a.strip() or not b.strip():
+        raise _bad("chosen" if not a.strip() else "rejected", "empty response", "responses: empty")
+    if a == b:
+        raise _bad("rejected", "identical to chosen: no preference", "responses: identical")
+    sc, sr = _number(item.get("score_chosen")), _number(item.get("score_rejected"))
+    return _list_row(item, prompt, [a, b], [1.0, 0.0], [sc, sr] if sc is not None and sr is not None else None)
+
+
+# ---------------------------------------------------------------------------------------------- ultrafeedback
+
+
+class UltraFeedbackRow:
+    def __init__(self, left_out: Counter):
+        self.left_out = left_out
+
+    def __call__(self, item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        from lipo.lists.config import LabelConfig
+        from lipo.lists.labels import minmax
+
+        prompt = item.get("instruction", item.get("prompt"))
+        completions = item.get("completions")
+        if not isinstance(completions, list):
+            raise _bad("completions", "missing" if completions is None else "must be a list", "completions: missing")
+        usable = [c for c in completions if isinstance(c, Mapping) and isinstance(c.get("response"), str)
+                  and c["response"].strip()]
+        key = next((k for k in RATING_KEYS if sum(_number(c.get(k)) is not None for c in usable) >= 2), None)
+        if key is None:
+            raise _bad("completions", "fewer than 2 completions with a response and a numeric rating "
+                       f"({' / '.join(RATING_KEYS)})", "completions: too few rated")
+        rated = [(c["response"], _number(c.get(key))) for c in usable if _number(c.get(key)) is not None]
+        self.left_out.update(+Counter({"no response": len(completions) - len(usable),
+                                       "no numeric rating": len(usable) - len(rated)}))  # +: drops zero counts
+        responses, ratings = [r for r, _ in rated], [s for _, s in rated]
+        return _list_row({"id": item.get("id")}, prompt, responses, minmax(ratings, LabelConfig()), ratings)
+
+
+# ----------------------------------------------------------------------------------------------------- ranked
+
+
+def _reply(v: Any, where: str) -> tuple[str, float | None]:
+    if not isinstance(v, Mapping):
+        raise _bad(where, "must be an object with text and rank", "responses: bad reply")
+    text = next((v[k] for k in _TEXT_KEYS if isinstance(v.get(k), str)), None)
+    if text is None:
+        raise _bad(f"{where}.text", "missing", "responses: no text")
+    rank = v.get("rank")
+    if rank is not None and _number(rank) is None:
+        raise _bad(f"{where}.rank", f"must be a number, got {type(rank).__name__}", "responses: bad rank")
+    return text, _number(rank)
+
+
+def _ranked_list(item: Mapping[str, Any], prompt: Any, replies: list[tuple[str, float | None]],
+                 left_out: Counter) -> tuple[str, dict[str, Any]]:
+    from lipo.lists.config import LabelConfig
+    from lipo.lists.labels import rank
+
+    ranked = sorted(((t, r) for t, r in replies if r is not None), key=lambda x: x[1])
+    left_out.update(+Counter({"no rank": len(replies) - len(ranked)}))
+    if len(ranked) < 2:
+        raise _bad("responses", f"{len(ranked)} ranked replies; a list needs 2", "responses: too few ranked")
+    responses = [t for t, _ in ranked]
+    return _list_row(item, prompt, responses, rank([-r for _, r in ranked], LabelConfig()))
+
+
+class RankedRow:
+    def __init__(self, left_out: Counter):
+        self.left_out = left_out
+
+    def __call__(self, item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        key = "responses" if "responses" in item else "replies"
+        replies = item.get(key)
+        if not isinstance(replies, list):
+            raise _bad("responses", "missing" if replies is None else "must be a list", "responses: missing")
+        return _ranked_list(item, item.get("prompt"), [_reply(v, f"{key}[{i}]") for i, v in enumerate(replies)],
+                            self.left_out)
+
+
+MESSAGE_SCHEMA = pa.schema([("message_id", pa.string()), ("parent_id", pa.string()), ("role", pa.string()),
+                            ("text", pa.string()), ("rank", pa.float64())])
+
+
+def message_row(item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    for key in ("message_id", "role", "text"):
+        if not isinstance(item.get(key), str):
+            raise _bad(key, "missing" if item.get(key) is None else "must be a string", f"{key}: missing")
+    if item["role"] not in ("prompter", "assistant"):
+        raise _bad("role", f"must be prompter or assistant, got '{item['role']}'", "role: unknown")
+    parent = item.get("parent_id")
+    text, rank = _reply(item, "<message>")
+    return item["message_id"], {"message_id": item["message_id"], "parent_id": parent if isinstance(parent, str)
+                                else None, "role": item["role"], "text": text, "rank": rank}
+
+
+def _thread(by_id: dict[str, dict], message_id: str) -> list[dict[str, str]] | None:
+    """The conversation from the root to `message_id` as chat messages; None if a parent is missing or loops."""
+    turns, node, seen = [], by_id.get(message_id), set()
+    while node is not None and node["message_id"] not in seen:
+        seen.add(node["message_id"])
+        turns.append({"role": "user" if node["role"] == "prompter" else "assistant", "content": node["text"]})
+        if node["parent_id"] is None:
+            return turns[::-1]
+        node = by_id.get(node["parent_id"])
+    return None
+
+
+def oasst_lists(messages: pa.Table, left_out: Counter) -> list[dict[str, Any]]:
+    """Lists from an OpenAssistant message table: one per prompter message with >= 2 ranked assistant replies."""
+    by_id = {m["message_id"]: m for m in messages.to_pylist()}
+    children: dict[str, list[dict]] = {}
+    for m in by_id.values():
+        if m["parent_id"] is not None and m["role"] == "assistant":
+            children.setdefault(m["parent_id"], []).append(m)
+    rows = []
+    for pid, replies in children.items():
+        turns = _thread(by_id, pid)
+        if turns is None or turns[0]["role"] != "user" or turns[-1]["role"] != "user":
+            left_out["broken thread"] += len(replies)
+            continue
+        prompt = turns[0]["content"] if len(turns) == 1 else turns
+        try:
+            rows.append(_ranked_list({"id": pid}, prompt, [(r["text"], r["rank"]) for r in replies], left_out)[1])
+        except InvalidRecord:  # the unranked replies were counted by _ranked_list
+            left_out.update(+Counter({"fewer than 2 ranked replies": sum(r["rank"] is not None for r in replies)}))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------- driver
+
+
+def _reading_schema(schema: pa.Schema, columns: tuple[str, ...]) -> pa.Schema:
+    # read_records reads the Parquet columns its schema names; source columns ride along as null-typed columns so
+    # they are read, and are dropped again after validation.
+    return pa.schema(list(schema) + [pa.field(c, pa.null()) for c in columns if c not in schema.names])
+
+
+def _is_message_export(paths: list[str]) -> bool:
+    first = paths[0]
+    if first.endswith(".parquet"):
+        return "message_id" in pq.ParquetFile(first).schema_arrow.names
+    with open(first, "rb") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    return "message_id" in json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+                    return False
+    return False
+
+
+FormatName = Literal["pairs", "ultrafeedback", "ranked"]
+_SOURCE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "pairs": ("chosen", "rejected", "score_chosen", "score_rejected"),
+    "ultrafeedback": ("instruction", "completions"),
+    "ranked": ("replies",),
+}
+_ROW_IMPORTERS: dict[str, Callable[[Counter], Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]]]] = {
+    "pairs": lambda left_out: pairs_row,
+    "ultrafeedback": UltraFeedbackRow,
+    "ranked": RankedRow,
+}
+
+
+def import_file(fmt: str, source: str | list[str], output: str, on_invalid: Literal["error", "skip"] = "skip",
+                quiet: bool = False) -> ImportReport:
+    """Import `source` in format `fmt` into one LIST_SCHEMA Parquet file `output`; returns what happened."""
+    if fmt not in _ROW_IMPORTERS:
+        raise DataError(f"--format: unknown format '{fmt}' (choose from {', '.join(_ROW_IMPORTERS)})")
+    if not str(output).endswith(".parquet"):
+        raise DataError(f"output {output} must be a .parquet file")
+    left_out: Counter = Counter()
+    paths = resolve_paths(source)
+    if fmt == "ranked" and _is_message_export(paths):
+        messages, report = read_records(paths, message_row, MESSAGE_SCHEMA, on_invalid)
+        rows = oasst_lists(messages, left_out)
+        if not rows:
+            raise DataError(f"{paths[0]}: no prompter message has 2 or more ranked assistant replies")
+        table = pa.Table.from_pylist(rows, schema=LIST_SCHEMA)
+        report.rows_valid = table.num_rows  # lists, not messages, are what was written
+    else:
+        schema = _reading_schema(LIST_SCHEMA, _SOURCE_COLUMNS[fmt])
+        table, report = read_records(paths, _ROW_IMPORTERS[fmt](left_out), schema, on_invalid)
+        table = table.select(LIST_SCHEMA.names).cast(LIST_SCHEMA)
+    out = write_lists(table, output)
+    result = ImportReport(fmt, out, report, left_out)
+    if not quiet:
+        print(f"[lipo] {result.summary()}", flush=True)
+        for line in report.first_errors:
+            print(f"[lipo]   skipped: {line}", flush=True)
+    return result

@@ -1,0 +1,1 @@
+"""The whole workflow as one config: (bootstrap) -> sft -> train-rm -> build-lists -> train -> evaluate."""

@@ -1,0 +1,74 @@
+"""The end of `lipo run`: register the policy in the MLflow Model Registry and report what happened.
+
+The summary goes to the console (its last lines say where to look) and to the pipeline's MLflow parent run
+(metrics plus `summary.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from lipo import tracking
+
+
+def register_model(uri: str, train_run_id: str, name: str, alias: str) -> dict:
+    """Register the trained policy's HF directory (`model/` of its run) as a new version, and point `alias` at it."""
+    c = tracking.client(uri)
+    try:
+        c.get_registered_model(name)
+    except Exception:  # noqa: BLE001 - MLflow raises its own RestException for a missing model
+        c.create_registered_model(name)
+    source = f"{c.get_run(train_run_id).info.artifact_uri}/model"
+    version = c.create_model_version(name, source, run_id=train_run_id)
+    c.set_registered_model_alias(name, alias, version.version)
+    return {"name": name, "version": version.version, "alias": alias, "uri": f"models:/{name}@{alias}"}
+
+
+def _fmt_rate(m: dict, prefix: str) -> str:
+    if f"{prefix}win_rate" not in m:
+        return "n/a"
+    return (f"{m[f'{prefix}win_rate']:.3f} (95% CI {m[f'{prefix}win_rate_ci_low']:.3f}-"
+            f"{m[f'{prefix}win_rate_ci_high']:.3f}, {int(m['eval/prompts'])} prompts)")
+
+
+def report_summary(uri: str, parent_run_id: str, cfg, res: dict, skipped: list[str]) -> dict:
+    ev = res["evaluate"]["metrics"]
+    rm = res.get("reward_model", {}).get("metrics", {})
+    tr = res["train"]["metrics"]
+    counts = res["build_lists"].get("counts", {})
+    summary = {
+        "lists": counts.get("lists"), "prompts": counts.get("prompts"), "candidates": counts.get("candidates"),
+        "reward_model_heldout_pair_accuracy": rm.get("eval/pair_accuracy"),
+        "train_final_loss": tr.get("train/loss"), "train_final_pair_accuracy": tr.get("train/pair_accuracy"),
+        **{k: v for k, v in ev.items() if "win_rate" in k or k in ("eval/kl", "eval/reward_gain")},
+        "policy_model": res["train"]["model_dir"], "eval_report": res["evaluate"]["report_dir"],
+        "registered": res.get("register", {}).get("uri"), "skipped_stages": skipped,
+    }
+    numeric = {f"summary/{k.replace('eval/', '')}": float(v) for k, v in summary.items()
+               if isinstance(v, (int, float)) and v is not None}
+    tracking.log_metrics(uri, parent_run_id, numeric, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        tracking.log_artifacts(uri, parent_run_id, tmp, "")
+    acc = summary["reward_model_heldout_pair_accuracy"]
+    lines = [
+        f"===== lipo run '{cfg.name}': summary =====",
+        f"data:         {summary['lists']} lists from {summary['prompts']} prompts ({summary['candidates']} candidates)",
+        f"reward model: held-out pairwise accuracy {acc:.3f}" if acc is not None else "reward model: (given)",
+        f"train:        final loss {tr.get('train/loss', float('nan')):.4f}, "
+        f"pair accuracy {tr.get('train/pair_accuracy', float('nan')):.3f}",
+        f"win rate vs SFT, proxy reward model: {_fmt_rate(ev, 'eval/')}",
+        f"win rate vs SFT, gold reward:        {_fmt_rate(ev, 'eval/fn_')}",
+    ]
+    if skipped:
+        lines.append(f"skipped (finished earlier): {', '.join(skipped)}")
+    lines += [
+        f"MLflow UI:  mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)",
+        f"model:      {summary['policy_model']}" + (f"   registered as {summary['registered']}"
+                                                     if summary["registered"] else ""),
+        f"report:     {summary['eval_report']}",
+    ]
+    print("\n".join(lines), flush=True)
+    return summary

@@ -1,0 +1,153 @@
+"""Serving pieces without a running Serve: config, model sources (MLflow URIs), the deployments' model code and
+the ingress's timeout, each called directly."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from lipo.config import load_config
+from lipo.errors import ConfigError, LipoError
+from lipo.serving.config import ServeArgs, ServeConfig
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_config_defaults_names_and_deployment_options():
+    cfg = load_config(ServeConfig, None, ["baseline.model=builtin:tiny-llama"])
+    assert (cfg.policy.name, cfg.baseline.name, cfg.reward.name) == ("policy", "baseline", "reward")
+    opts = cfg.policy.deployment.options("LipoPolicy")
+    assert opts["num_replicas"] == 1 and opts["ray_actor_options"] == {"num_cpus": 0.25, "num_gpus": 0.0}
+    assert opts["max_queued_requests"] == 32 and "autoscaling_config" not in opts
+    auto = load_config(ServeConfig, None, ["reward.deployment.autoscaling.max_replicas=3"])
+    ropts = auto.reward.deployment.options("LipoReward")
+    assert ropts["autoscaling_config"]["max_replicas"] == 3 and "num_replicas" not in ropts
+    with pytest.raises(ConfigError, match="model names must be distinct"):
+        load_config(ServeConfig, None, ["baseline.name=policy"])
+    with pytest.raises(ConfigError, match="min_replicas must not exceed max_replicas"):
+        load_config(ServeConfig, None, ["policy.deployment.autoscaling={min_replicas: 3, max_replicas: 2}"])
+
+
+def test_example_configs_load():
+    cfg = load_config(ServeConfig, REPO / "configs/serve_example.yaml")
+    assert set(cfg.policies()) == {"policy", "sft"} and cfg.http.host == "127.0.0.1"
+    app = yaml.safe_load((REPO / "deploy/serve/lipo.yaml").read_text())["applications"][0]
+    assert app["import_path"] == "lipo.serving.app:build_app"
+    args = ServeArgs.model_validate(app["args"])  # what Serve's typed builder does with `args`
+    load_config(ServeConfig, args.config, args.overrides)
+
+
+def test_check_source():
+    from lipo.serving.model_source import check_source
+
+    check_source("builtin:tiny-llama", "policy.model")
+    check_source("builtin:tiny-reward", "reward.model", reward=True)
+    check_source("models:/lipo-policy@champion", "policy.model")
+    with pytest.raises(LipoError, match="policy.model: model directory not found"):
+        check_source("/no/such/dir", "policy.model")
+    with pytest.raises(LipoError, match="reward.model: unknown builtin reward model"):
+        check_source("builtin:tiny-llama", "reward.model", reward=True)
+    with pytest.raises(LipoError, match="incomplete MLflow URI"):
+        check_source("runs:/", "policy.model")
+
+
+def test_resolve_mlflow_uris(tmp_path):
+    """The training stage logs its HF dir under `model/`; runs:/ID/model, runs:/ID and models:/NAME@ALIAS all
+    resolve to a directory `load_causal_lm` reads."""
+    from lipo import tracking
+    from lipo.models.loading import load_causal_lm
+    from lipo.models.tiny import byte_tokenizer, tiny_llama
+    from lipo.serving.model_source import resolve
+
+    hf = tmp_path / "hf"
+    tiny_llama(seed=0).save_pretrained(hf)
+    byte_tokenizer().save_pretrained(hf)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id, _ = tracking.open_run(uri, "lipo", "train-x", "train")
+    tracking.log_artifacts(uri, run_id, hf, "model")
+    c = tracking.client(uri)
+    c.create_registered_model("lipo-policy")
+    mv = c.create_model_version("lipo-policy", f"runs:/{run_id}/model", run_id=run_id)
+    c.set_registered_model_alias("lipo-policy", "champion", mv.version)
+    for spec in (f"runs:/{run_id}/model", f"runs:/{run_id}", "models:/lipo-policy@champion"):
+        local = resolve(spec, uri, cache_dir=str(tmp_path / spec.replace(":", "").replace("/", "_")))
+        assert (Path(local) / "config.json").is_file(), spec
+    assert sum(p.numel() for p in load_causal_lm(local).parameters()) > 0
+    assert resolve("builtin:tiny-llama") == "builtin:tiny-llama"
+    with pytest.raises(LipoError, match="cannot download models:/missing@x"):
+        resolve("models:/missing@x", uri, cache_dir=str(tmp_path / "missing"))
+
+
+def test_policy_code_matches_the_shared_sampler_and_logps():
+    """Choice j of prompt i with request seed s is sample(..., seeds=[s + i]) choice j, whatever shares the batch;
+    /v1/logprobs is sequence_logps on the training tokenisation."""
+    from lipo.data.collate import collate_lists
+    from lipo.data.tokenize import encode_prompt, encode_response
+    from lipo.models.generate import SamplingParams, sample
+    from lipo.models.logps import sequence_logps
+    from lipo.serving.deployments import PolicyModel
+
+    policy = PolicyModel.func_or_class({"model": "builtin:tiny-llama", "name": "policy"})
+    base = {"n": 2, "max_tokens": 6, "temperature": 1.0, "top_p": 0.9, "stop": []}
+    jobs = [{**base, "prompts": ["Hello", "Hi there"], "seed": 7},
+            {**base, "prompts": ["Other"], "seed": 3, "temperature": 0.0}]  # different params: own pass
+    out = policy._sample_jobs(jobs)
+    want = sample(policy.model, policy.tok, ["Hello", "Hi there"], 2, [7, 8],
+                  SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=6))
+    assert [c["text"] for c in out[0]["choices"]] == want[0] + want[1]
+    assert all(c["finish_reason"] in ("stop", "length") for c in out[0]["choices"])
+    assert policy.stats() == {"generate_requests": 2, "forward_batches": 2}
+
+    got = policy._logprobs({"prompt": "Hello", "responses": ["ab", "c"]})
+    item = {"prompt_ids": encode_prompt("Hello", policy.tok), "labels": [0.0, 0.0],
+            "response_ids": [encode_response(r, policy.tok) for r in ("ab", "c")]}
+    with torch.no_grad():
+        direct = sequence_logps(policy.model, collate_lists([item], policy.tok.pad_token_id))[0]
+    assert got["logprobs"] == pytest.approx(direct.tolist(), abs=1e-6) and got["tokens"] == [3, 2]
+
+
+@pytest.mark.parametrize("kind", ["pointwise", "pairwise"])
+def test_reward_code_matches_the_reward_functions(kind):
+    from lipo.models.reward import pairwise_matrix, pointwise_rewards, winrate_labels
+    from lipo.serving.deployments import RewardModel
+
+    rm = RewardModel.func_or_class({"model": "builtin:tiny-reward", "kind": kind})
+    prompt, responses = [{"role": "user", "content": "2+2?"}], ["4", "five", "22"]
+    score, compare, other = rm._run([("score", prompt, responses), ("compare", "q", ["a", "bb"]),
+                                     ("score", "other", ["x", "yyyy"])])
+    if kind == "pointwise":
+        want = pointwise_rewards(rm.model, rm.tok, prompt, responses)
+        r = pointwise_rewards(rm.model, rm.tok, "q", ["a", "bb"])
+        want_p = torch.sigmoid(r[0] - r[1]).item()
+    else:
+        want = winrate_labels(pairwise_matrix(rm.model, rm.tok, prompt, responses))
+        want_p = pairwise_matrix(rm.model, rm.tok, "q", ["a", "bb"])[0, 1].item()
+    assert score == pytest.approx(want.tolist(), abs=1e-5)
+    assert compare == pytest.approx(want_p, abs=1e-5) and len(other) == 2
+
+
+def test_ingress_timeout_is_a_408_and_cancels_the_call():
+    from lipo.serving.app import Ingress
+    from lipo.serving.security import ApiError
+
+    class SlowCall:
+        cancelled = False
+
+        def remote(self, *args):
+            return self
+
+        def __await__(self):
+            return asyncio.sleep(10).__await__()
+
+        def cancel(self):
+            SlowCall.cancelled = True
+
+    ingress = object.__new__(Ingress.func_or_class)
+    ingress.cfg = load_config(ServeConfig, None, ["limits.request_timeout_s=0.05"])
+    with pytest.raises(ApiError) as exc:
+        asyncio.run(ingress._call(SlowCall()))
+    assert exc.value.status == 408 and "within 0.05s" in exc.value.message and SlowCall.cancelled

@@ -1,0 +1,360 @@
+"""`lipo submit` (lipo.jobs): what is submitted, what is refused before submitting, following a job, and the
+multi-node storage guard. The slow test starts its own Ray head (dashboard on loopback, its own temp dir, port and
+token, so it never meets the session's `ray_local`), submits a real `lipo train` job and reads its MLflow run.
+
+    /work/venv/bin/python -m pytest tests/lipo/test_jobs.py -q            # add -m "not slow" for the unit tests
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from lipo import jobs
+from lipo.errors import ConfigError, LipoError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def train_yaml(workdir: Path, lists: Path, **extra) -> Path:
+    """configs/train.yaml in `workdir`, reading a copy of `lists` (the toy_lists fixture) by a relative path."""
+    shutil.copy(lists, workdir / "lists.jsonl")
+    cfg = {"output_dir": "runs", "model": {"path": "builtin:tiny-llama"}, "data": {"train": ["lists.jsonl"],
+           "max_prompt_tokens": 64, "max_response_tokens": 16}, **extra}
+    (workdir / "configs").mkdir(exist_ok=True)
+    path = workdir / "configs" / "train.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- What is submitted ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stage,command", [("pipeline", "run"), ("build-lists", "build-lists"), ("train", "train"),
+                                           ("eval", "eval")])
+def test_each_stage_runs_the_local_command(stage, command):
+    assert jobs.entrypoint(stage, "configs/c.yaml", []) == f"lipo {command} configs/c.yaml"
+
+
+def test_entrypoint_quotes_every_word():
+    overrides = ["optim.lr=1e-4", "run_name=a b", "data.train=[x.jsonl,'y z.jsonl']", "tracking.uri=$(rm -rf ~)"]
+    cmd = jobs.entrypoint("train", "my configs/t.yaml", overrides)
+    assert cmd.startswith("lipo train 'my configs/t.yaml' optim.lr=1e-4 'run_name=a b' ")
+    assert shlex.split(cmd) == ["lipo", "train", "my configs/t.yaml", *overrides]  # the shell sees the same words
+
+
+def test_unknown_stage_is_refused():
+    with pytest.raises(LipoError, match="unknown stage 'serve'"):
+        jobs.entrypoint("serve", "c.yaml", [])
+
+
+def test_runtime_env_and_entrypoint_resources():
+    spec = jobs.job_spec("train", "c.yaml", [], "/w", environ={"MLFLOW_TRACKING_URI": "http://mlflow:5000",
+                                                                "LIPO_ENTRYPOINT_NUM_CPUS": "1.5", "HOME": "/h"})
+    env = spec["runtime_env"]
+    assert env["working_dir"] == "/w" and env["excludes"] == jobs.EXCLUDES
+    assert env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://mlflow:5000",
+                               "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}  # nothing else leaks from the shell
+    assert spec["entrypoint_num_cpus"] == 1.5 and spec["entrypoint_num_gpus"] == 0
+    assert jobs.job_spec("train", "c.yaml", [], "/w", environ={}, num_cpus=2)["entrypoint_num_cpus"] == 2
+    with pytest.raises(LipoError, match="LIPO_ENTRYPOINT_NUM_GPUS"):
+        jobs.job_spec("train", "c.yaml", [], "/w", environ={"LIPO_ENTRYPOINT_NUM_GPUS": "one"})
+
+
+def test_excludes_leave_outputs_and_caches_behind(tmp_path):
+    """Package the dir with Ray's own uploader: only sources, configs and data go to the cluster."""
+    from ray._private.runtime_env.packaging import create_package
+
+    wd = tmp_path / "wd"
+    kept = ["configs/train.yaml", "lists.jsonl", "platform/lipo/x.py", "benchmarks/run.py"]
+    dropped = [".git/HEAD", "runs/r1/model.bin", "mlruns/0/meta.yaml", "runs/mlflow.db", "local.db",
+               ".venv/bin/python", "platform/lipo/__pycache__/x.pyc", "lipo.egg-info/PKG-INFO",
+               "benchmarks/results/r.json"]
+    for rel in kept + dropped:
+        (wd / rel).parent.mkdir(parents=True, exist_ok=True)
+        (wd / rel).write_text("x")
+    create_package(str(wd), tmp_path / "pkg.zip", include_gitignore=True, excludes=jobs.EXCLUDES)
+    files = {n for n in zipfile.ZipFile(tmp_path / "pkg.zip").namelist() if not n.endswith("/")}
+    assert files == set(kept)
+
+
+def test_deploy_job_files_match_what_lipo_submit_builds():
+    from ray.runtime_env import RuntimeEnv
+
+    spec = yaml.safe_load((REPO / "deploy" / "jobs" / "pipeline.yaml").read_text())
+    ours = jobs.job_spec("pipeline", "configs/quickstart.yaml", [], ".", environ={})
+    cluster_env = spec["runtime_env"]["env_vars"]
+    assert cluster_env.pop("MLFLOW_TRACKING_URI") == "http://lipo-mlflow:5000"  # the chart's in-cluster MLflow
+    assert spec == ours
+    runtime_env = yaml.safe_load((REPO / "deploy" / "jobs" / "runtime_env.yaml").read_text())
+    assert runtime_env == ours["runtime_env"]
+    RuntimeEnv(**runtime_env)  # what `ray job submit --runtime-env` will accept
+
+
+# --- Refused before anything is submitted -----------------------------------------------------------------------------
+def test_config_outside_working_dir_is_refused(tmp_path):
+    wd, elsewhere = tmp_path / "wd", tmp_path / "elsewhere"
+    wd.mkdir(), elsewhere.mkdir()
+    cfg = train_yaml(elsewhere, toy_lists)
+    with pytest.raises(LipoError, match="outside the working directory .*copy it under"):
+        jobs.submit_job(cfg, [], address="http://127.0.0.1:1", stage="train", working_dir=wd)
+    assert jobs.config_in_working_dir(cfg, elsewhere) == "configs/train.yaml"
+
+
+def test_config_in_an_excluded_dir_or_missing_is_refused(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "c.yaml").write_text("{}")
+    with pytest.raises(LipoError, match="not uploaded with the job"):
+        jobs.config_in_working_dir(tmp_path / "runs" / "c.yaml", tmp_path)
+    with pytest.raises(LipoError, match="config file not found"):
+        jobs.config_in_working_dir(tmp_path / "nope.yaml", tmp_path)
+
+
+def test_bad_config_fails_before_connecting(tmp_path, monkeypatch):
+    cfg = train_yaml(tmp_path, toy_lists)
+    monkeypatch.setattr(jobs, "connect", lambda address: pytest.fail("connected despite a bad config"))
+    with pytest.raises(ConfigError, match="optim.lrr: unknown key"):
+        jobs.submit_job(cfg, ["optim.lrr=1"], address="http://127.0.0.1:1", stage="train", working_dir=tmp_path)
+
+
+def test_unimportable_stage_config_is_left_to_the_job(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(jobs.STAGES, "eval", ("eval", "lipo.not_written_yet.config:EvalConfig"))
+    jobs.validate_locally("eval", train_yaml(tmp_path, toy_lists), [])
+    assert "warning: eval config not validated locally" in capsys.readouterr().err
+
+
+def test_unreachable_address_is_one_line(tmp_path):
+    cfg = train_yaml(tmp_path, toy_lists)
+    port = free_port()  # nothing listens there
+    proc = subprocess.run([sys.executable, "-m", "lipo.cli", "submit", str(cfg), "--stage", "train", "--address",
+                           f"127.0.0.1:{port}"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"lipo: error: cannot reach the Ray Jobs API at "
+                                                   f"http://127.0.0.1:{port}"), proc.stderr
+
+
+@pytest.mark.parametrize("given,expected", [("head:8265", "http://head:8265"),
+                                            ("https://ray.example.com/", "https://ray.example.com")])
+def test_address_normalisation(given, expected):
+    assert jobs.normalize_address(given) == expected
+
+
+def test_ray_client_address_is_refused():
+    with pytest.raises(LipoError, match="not ray://"):
+        jobs.normalize_address("ray://head:10001")
+
+
+# --- Following a job (a fake client: the real one is exercised by the slow test) ---------------------------------------
+class FakeClient:
+    def __init__(self, chunks, status="SUCCEEDED", message=""):
+        self.chunks, self.status, self.message = chunks, status, message
+        self.submitted, self.stopped = None, False
+
+    def submit_job(self, **kwargs):
+        self.submitted = kwargs
+        return kwargs["submission_id"]
+
+    async def tail_job_logs(self, job_id):
+        for chunk in self.chunks:
+            if chunk is KeyboardInterrupt:
+                raise KeyboardInterrupt
+            yield chunk
+
+    def get_job_status(self, job_id):
+        return SimpleNamespace(value=self.status)
+
+    def get_job_info(self, job_id):
+        return SimpleNamespace(message=self.message)
+
+    def stop_job(self, job_id):
+        self.stopped = True
+
+
+def _submit(tmp_path, monkeypatch, client, **kwargs):
+    toy_lists = write_lists(tmp_path / 'toy.jsonl')
+    monkeypatch.setattr(jobs, "connect", lambda address: client)
+    return jobs.submit_job(train_yaml(tmp_path, toy_lists), ["optim.max_steps=2"], address="http://head:8265", stage="train",
+                           working_dir=tmp_path, **kwargs)
+
+
+def test_follow_streams_logs_until_success(tmp_path, monkeypatch, capsys):
+    client = FakeClient(["step 1\n", "step 2\n"])
+    job_id = _submit(tmp_path, monkeypatch, client)
+    out = capsys.readouterr().out
+    assert job_id.startswith("lipo-train-") and f"submitted job {job_id}" in out
+    assert "step 1\nstep 2\n" in out and f"job {job_id} SUCCEEDED" in out
+    assert client.submitted["entrypoint"] == "lipo train configs/train.yaml optim.max_steps=2"
+    assert client.submitted["runtime_env"]["working_dir"] == str(tmp_path.resolve())
+
+
+@pytest.mark.parametrize("status", ["FAILED", "STOPPED"])
+def test_failed_or_stopped_job_is_an_error(tmp_path, monkeypatch, status):
+    client = FakeClient(["boom\n"], status, "Job entrypoint command failed with exit code 2\nlast logs ...")
+    with pytest.raises(LipoError, match=f"{status}: Job entrypoint command failed with exit code 2 \\(full log"):
+        _submit(tmp_path, monkeypatch, client)
+
+
+def test_ctrl_c_detaches_without_stopping_the_job(tmp_path, monkeypatch, capsys):
+    client = FakeClient(["step 1\n", KeyboardInterrupt], status="RUNNING")
+    job_id = _submit(tmp_path, monkeypatch, client)
+    err = capsys.readouterr().err
+    assert not client.stopped and "keeps running" in err
+    assert f"ray job logs --follow {job_id} --address http://head:8265" in err
+    assert f"ray job stop {job_id} --address http://head:8265" in err
+
+
+def test_no_follow_returns_after_submitting(tmp_path, monkeypatch, capsys):
+    client = FakeClient([KeyboardInterrupt], status="RUNNING")  # following would "interrupt": it must not happen
+    job_id = _submit(tmp_path, monkeypatch, client, follow=False)
+    assert f"ray job logs --follow {job_id}" in capsys.readouterr().out and client.submitted
+
+
+# --- The multi-node storage guard -------------------------------------------------------------------------------------
+@pytest.fixture
+def cluster(monkeypatch):
+    """Pretend this process is connected to a Ray cluster of `nodes(n)` alive nodes (plus one dead one)."""
+    import ray
+
+    monkeypatch.delenv("LIPO_SHARED_FS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+
+    def nodes(n: int) -> None:
+        monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}] * n + [{"Alive": False}])
+
+    return nodes
+
+
+def test_local_output_dir_on_several_nodes_is_refused(cluster):
+    cluster(3)
+    with pytest.raises(LipoError, match=r"output_dir /data/runs is node-local but the cluster has 3 nodes; use "
+                                        r"s3://\.\.\. or a shared filesystem \(set LIPO_SHARED_FS=1"):
+        jobs.check_shared_storage("/data/runs")
+    with pytest.raises(LipoError):
+        jobs.check_shared_storage("file:///data/runs")
+
+
+@pytest.mark.parametrize("output_dir", ["s3://bucket/runs", "gs://bucket/runs", "abfs://c@acct/runs"])
+def test_remote_output_dir_is_fine_on_several_nodes(cluster, output_dir):
+    cluster(3)
+    jobs.check_shared_storage(output_dir)
+
+
+def test_declared_shared_filesystem_is_fine(cluster, monkeypatch):
+    cluster(2)
+    jobs.check_shared_storage("/mnt/nfs/runs", shared=True)
+    monkeypatch.setenv("LIPO_SHARED_FS", "1")
+    jobs.check_shared_storage("/mnt/nfs/runs")
+    with pytest.raises(LipoError):  # an explicit `shared=False` (a config flag) wins over the environment
+        jobs.check_shared_storage("/mnt/nfs/runs", shared=False)
+
+
+def test_one_node_or_no_ray_is_fine(cluster, monkeypatch):
+    import ray
+
+    cluster(1)
+    jobs.check_shared_storage("runs")
+    cluster(4)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    jobs.check_shared_storage("runs")
+
+
+# --- A real job on a real (local) Ray cluster -------------------------------------------------------------------------
+@pytest.fixture
+def ray_head():
+    """`ray start --head --block` in its own process group; stopped by signalling that group, never by `ray stop`
+    (which would kill every Ray on the machine, including other test sessions')."""
+    # A short temp dir: Ray's unix sockets live under it (108-byte path limit), and its address file stays out of
+    # /tmp/ray, so no other ray.init() on this machine can find and join this cluster.
+    temp_dir = tempfile.mkdtemp(prefix="lipo-rh-", dir="/tmp")
+    dash = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "LIPO_SHARED_FS")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
+               # The job runs `lipo` from PATH, as it would in the cluster image.
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    log = open(Path(temp_dir) / "head.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={free_port()}",
+         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+         f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"ray head did not come up:\n{(Path(temp_dir) / 'head.log').read_text()[-3000:]}")
+            request = urllib.request.Request(f"{address}/api/jobs/",
+                                             headers={"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"})
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(1)
+        yield SimpleNamespace(address=address, env=env)
+    finally:
+        proc.send_signal(signal.SIGTERM)  # `ray start --block` shuts its node down on SIGTERM
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group this fixture created
+        except ProcessLookupError:
+            pass
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_submitted_train_job_succeeds_and_logs_to_mlflow(ray_head, tmp_path):
+    from lipo import tracking
+
+    work = tmp_path / "work"
+    work.mkdir()
+    db = tmp_path / "mlflow.db"
+    cfg = train_yaml(work, toy_lists, output_dir=str(tmp_path / "runs"), optim={"max_steps": 2, "micro_batch_size": 2},
+                     scaling={"num_workers": 1, "cpus_per_worker": 0.5}, checkpoint={"every": 1000})
+    (work / "runs").mkdir()
+    (work / "runs" / "big.bin").write_bytes(b"\0" * 1024)  # excluded: must not matter to the job
+    start = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "lipo.cli", "submit", str(cfg.relative_to(work)), f"tracking.uri=sqlite:///{db}",
+         "run_name=submitted", "--stage", "train", "--address", ray_head.address],
+        cwd=work, env=ray_head.env, capture_output=True, text=True, timeout=600)
+    print(f"lipo submit took {time.time() - start:.0f}s\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[lipo] submitted job lipo-train-" in proc.stdout
+    assert "[lipo] lipo data:" in proc.stdout  # the job's own output, followed
+    assert proc.stdout.rstrip().splitlines()[-1].endswith("SUCCEEDED")
+
+    c = tracking.client(f"sqlite:///{db}")
+    [run] = c.search_runs([c.get_experiment_by_name("lipo").experiment_id],
+                          filter_string="tags.mlflow.runName = 'submitted'")
+    assert run.info.status == "FINISHED"
+    assert len(c.get_metric_history(run.info.run_id, "train/loss")) == 2
+    assert run.data.params["data.train"] == '["lists.jsonl"]'  # the uploaded copy, read from the job's cwd
+    assert (tmp_path / "runs" / "submitted" / "model").is_dir()
