@@ -1,7 +1,12 @@
 """Shared helpers for the CPU benchmarks in this folder (not a benchmark itself).
 
-Every benchmark alternates lipo and its baseline in one process (so drift in machine load hits both alike), reports
-medians and ratios, and writes benchmarks/results/<name>.json and .md through `write_results`.
+Every benchmark alternates lipo and its baseline in one process, reports medians and ratios, and writes
+benchmarks/results/<name>.json and .md through `write_results`.
+
+Timing: the development machine is a 2-core VM shared with other jobs; identical wall-clock runs there differed by
+more than 10x with the load. So torch runs on ONE thread and the primary timer is the process's CPU time
+(`time.process_time`), which counts the work this process did and not the time it waited for a core. Wall-clock
+times are recorded alongside in the JSON. On an idle machine, wall-clock with 1 thread equals the CPU time.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ from pathlib import Path
 from typing import Callable
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
+
+torch.set_num_threads(1)  # see the module docstring: CPU time of one thread is robust to other jobs' load
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Other processes on a shared machine skew wall times; the 1-minute load average at start and end is recorded so a
@@ -39,8 +47,19 @@ def machine_info() -> dict:
             "python": platform.python_version()}
 
 
+class Timer:
+    """CPU seconds (primary) and wall seconds of a block: `with Timer() as t: ...; t.cpu, t.wall`."""
+
+    def __enter__(self) -> "Timer":
+        self._c, self._w = time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cpu, self.wall = time.process_time() - self._c, time.perf_counter() - self._w
+
+
 def matmul_peak_flops(n: int = 1024, seconds: float = 3.0) -> float:
-    """This machine's fp32 matmul rate in FLOP/s: the best of several timed bursts of n x n @ n x n.
+    """This thread's fp32 matmul rate in FLOP/s (CPU time): the best of several timed bursts of n x n @ n x n.
 
     A square matmul large enough to saturate the BLAS kernels is as close to "peak" as the software stack gets, so
     model FLOPs divided by it is the fraction of attainable matmul throughput a workload reaches.
@@ -50,24 +69,25 @@ def matmul_peak_flops(n: int = 1024, seconds: float = 3.0) -> float:
         a @ b  # warm the BLAS thread pool and caches
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        for _ in range(5):
-            a @ b
-        best = max(best, 5 * 2 * n**3 / (time.perf_counter() - t0))
+        with Timer() as t:
+            for _ in range(5):
+                a @ b
+        best = max(best, 5 * 2 * n**3 / t.cpu)
     return best
 
 
-def alternate(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Wall times of each fn, run round-robin `reps` times after `warmup` untimed rounds."""
+def alternate(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, dict[str, list]]:
+    """{name: {"cpu": [...], "wall": [...]}} seconds of each fn, run round-robin `reps` times after `warmup` rounds."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times = {name: {"cpu": [], "wall": []} for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+            with Timer() as t:
+                fn()
+            times[name]["cpu"].append(t.cpu)
+            times[name]["wall"].append(t.wall)
     return times
 
 

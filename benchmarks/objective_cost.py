@@ -1,12 +1,13 @@
 """Cost of each ranking objective relative to a whole training step.
 
-Run: /work/venv/bin/python benchmarks/objective_cost.py        (about 2 minutes on 2 CPU cores)
+Run: /work/venv/bin/python benchmarks/objective_cost.py        (about 2 CPU-minutes)
 Writes benchmarks/results/objective_cost.json and objective_cost.md.
 
 For K = 2..64 and B = 8 lists: the forward+backward time of every objective in `lipo.losses.LOSSES` on [B, K]
 scores (a leaf tensor, so only the loss itself is timed; median of many calls), divided by the time of one training
 step of the small model on the same B x K lists: packed log-probs of policy and (frozen) reference, LiPO-lambda loss,
-backward, AdamW step. Loss timings and training steps alternate. Prompt 128 tokens, responses 32.
+backward, AdamW step. Loss timings and training steps alternate. Prompt 128 tokens, responses 32. Times are CPU
+seconds of one torch thread (see `_common`).
 Target: every objective < 1% of a step at K <= 16.
 """
 
@@ -15,11 +16,10 @@ from __future__ import annotations
 import copy
 import statistics
 import sys
-import time
 
 import torch
 
-from _common import md_table, median, random_lists, small_llama, write_results
+from _common import Timer, md_table, median, random_lists, small_llama, write_results
 from lipo.losses import LOSSES
 from lipo.models.packed_logps import score_lists
 
@@ -49,9 +49,9 @@ def loss_times(name: str, k: int, seed: int) -> list[float]:
     out = []
     for _ in range(LOSS_CALLS):
         scores.grad = None
-        t0 = time.perf_counter()
-        fn(scores, labels, mask).backward()
-        out.append(time.perf_counter() - t0)
+        with Timer() as t:
+            fn(scores, labels, mask).backward()
+        out.append(t.cpu)
     return out
 
 
@@ -64,18 +64,20 @@ def main() -> None:
     for k in KS:
         items = random_lists(B, k, PROMPT_LEN, RESPONSE_LEN, seed=k)
         train_step(model, ref, opt, items)  # warm-up
-        steps, per_loss = [], {name: [] for name in LOSSES}
+        steps, steps_wall, per_loss = [], [], {name: [] for name in LOSSES}
         for rep in range(3):  # alternate: a training step, then a block of calls of every loss
-            t0 = time.perf_counter()
-            train_step(model, ref, opt, items)
-            steps.append(time.perf_counter() - t0)
+            with Timer() as t:
+                train_step(model, ref, opt, items)
+            steps.append(t.cpu)
+            steps_wall.append(t.wall)
             for name in LOSSES:
                 per_loss[name] += loss_times(name, k, seed=rep)
         step_s = median(steps)
-        entry = {"K": k, "B": B, "step_seconds_median": step_s, "step_seconds_all": steps, "objectives": {}}
+        entry = {"K": k, "B": B, "step_cpu_seconds_median": step_s, "step_cpu_seconds_all": steps,
+                 "step_wall_seconds_all": steps_wall, "objectives": {}}
         for name, ts in per_loss.items():
-            entry["objectives"][name] = {"seconds_median": median(ts),
-                                         "seconds_p90": statistics.quantiles(ts, n=10)[-1],
+            entry["objectives"][name] = {"cpu_seconds_median": median(ts),
+                                         "cpu_seconds_p90": statistics.quantiles(ts, n=10)[-1],
                                          "fraction_of_step": median(ts) / step_s}
         results.append(entry)
         rows.append([k, f"{1000 * step_s:.0f}"] + [f"{100 * entry['objectives'][n]['fraction_of_step']:.3f}%"
@@ -84,7 +86,8 @@ def main() -> None:
     worst = max(e["objectives"][n]["fraction_of_step"] for e in results if e["K"] <= 16 for n in LOSSES)
     md = (f"Forward+backward time of each objective on [B={B}, K] scores, as a percentage of one training step "
           f"(policy + reference packed log-probs, LiPO-lambda, backward, AdamW) of the small Llama (width 256, "
-          f"4 layers) on the same lists (prompt {PROMPT_LEN}, responses {RESPONSE_LEN} tokens). Medians.\n\n"
+          f"4 layers) on the same lists (prompt {PROMPT_LEN}, responses {RESPONSE_LEN} tokens). Medians of CPU "
+          f"time, one torch thread.\n\n"
           + md_table(HEADERS, rows)
           + f"\n\nWorst objective at K <= 16: {100 * worst:.3f}% of a step (target < 1%).\n")
     write_results("objective_cost", {"setup": {"B": B, "prompt_len": PROMPT_LEN, "response_len": RESPONSE_LEN,

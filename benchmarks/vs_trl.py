@@ -1,6 +1,6 @@
 """lipo's training step against TRL's DPOTrainer on the same small Llama, data and optimizer (1 process, CPU).
 
-Run: /work/venv/bin/python benchmarks/vs_trl.py        (about 4 minutes on 2 CPU cores; needs `pip install trl`)
+Run: /work/venv/bin/python benchmarks/vs_trl.py        (about 4 CPU-minutes; needs `pip install trl`)
 Writes benchmarks/results/vs_trl.json and vs_trl.md.
 
 What is timed on each side (Ray is NOT started for lipo; this measures the in-process core step the Ray workers run):
@@ -11,6 +11,8 @@ What is timed on each side (Ray is NOT started for lipo; this measures the in-pr
   step, called directly so that it can alternate step by step with lipo.
 - TRL (b): `DPOTrainer.train()` for one epoch as users run it (its AdamW, constant LR, clip 1.0); the ratio uses the
   sum of its optimizer-step times (from a TrainerCallback), which leaves out train()'s setup, so it favours TRL.
+
+Times are CPU seconds of one torch thread (see `_common`); wall-clock times are in the JSON.
 
 (a) K=2: lipo pair_logistic vs TRL sigmoid, on the same pairs. Before timing, both losses are computed on one batch
     with the same (perturbed, so policy != reference) weights and must agree within 1e-4. Throughput counts the same
@@ -31,7 +33,7 @@ import time
 
 import torch
 
-from _common import md_table, median, small_llama, write_results
+from _common import Timer, md_table, median, small_llama, write_results
 from lipo.losses import LOSSES
 from lipo.models.packed_logps import batch_logps, make_batch
 from lipo.models.tiny import byte_tokenizer
@@ -151,18 +153,21 @@ def part_a(base, ref, tok, out_dir: str) -> dict:
     for fn in runs.values():
         fn(batches[0])  # warm-up
     times = {name: [] for name in runs}
+    walls = {name: [] for name in runs}
     for rep in range(REPS_A):
         b = batches[rep % len(batches)]
         for name, fn in runs.items():  # alternate step by step on the same batch
-            t0 = time.perf_counter()
-            fn(b)
-            times[name].append(time.perf_counter() - t0)
+            with Timer() as t:
+                fn(b)
+            times[name].append(t.cpu)
+            walls[name].append(t.wall)
     tok_per_batch = median(tokens)
     out = {"same_batch_loss": {"trl_sigmoid": trl_val, "lipo_pair_logistic_packed": lipo_val,
                                "lipo_pair_logistic_unpacked": lipo_unpacked},
            "pairs_per_step": BATCH_PAIRS, "pair_tokens_per_step": tok_per_batch}
     for name, ts in times.items():
-        out[name] = {"seconds_median": median(ts), "seconds_all": ts, "tokens_per_s": tok_per_batch / median(ts)}
+        out[name] = {"cpu_seconds_median": median(ts), "cpu_seconds_all": ts, "wall_seconds_all": walls[name],
+                     "tokens_per_s": tok_per_batch / median(ts)}
     out["ratio_lipo_vs_trl"] = out["lipo"]["tokens_per_s"] / out["trl"]["tokens_per_s"]
     out["ratio_lipo_unpacked_vs_trl"] = out["lipo_unpacked"]["tokens_per_s"] / out["trl"]["tokens_per_s"]
     return out
@@ -177,10 +182,10 @@ def part_b(base, ref, tok, out_dir: str) -> dict:
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
+            self.t0 = time.process_time()
 
         def on_step_end(self, args, state, control, **kw):
-            step_times.append(time.perf_counter() - self.t0)
+            step_times.append(time.process_time() - self.t0)
 
     trl_model, lipo_model = copy.deepcopy(base).train(), copy.deepcopy(base).train()
     trainer = trl_trainer(trl_model, ref, tok, all_pairs(lists), out_dir, callbacks=[StepTimer()])
@@ -194,15 +199,18 @@ def part_b(base, ref, tok, out_dir: str) -> dict:
             lipo_step(lipo_model, ref, opt, items[i:i + BATCH_LISTS], "lambda")
 
     lipo_step(lipo_model, ref, opt, items[:BATCH_LISTS], "lambda")  # warm-up
-    res = {"lipo_epoch_s": [], "trl_train_s": [], "trl_steps_s": []}
+    res = {"lipo_epoch_s": [], "trl_train_s": [], "trl_steps_s": [], "lipo_epoch_wall_s": [],
+           "trl_train_wall_s": []}
     for _ in range(REPS_B):
-        t0 = time.perf_counter()
-        lipo_epoch()
-        res["lipo_epoch_s"].append(time.perf_counter() - t0)
+        with Timer() as t:
+            lipo_epoch()
+        res["lipo_epoch_s"].append(t.cpu)
+        res["lipo_epoch_wall_s"].append(t.wall)
         step_times.clear()
-        t0 = time.perf_counter()
-        trainer.train()
-        res["trl_train_s"].append(time.perf_counter() - t0)
+        with Timer() as t:
+            trainer.train()
+        res["trl_train_s"].append(t.cpu)
+        res["trl_train_wall_s"].append(t.wall)
         res["trl_steps_s"].append(sum(step_times))
     out = {"lists": N_LISTS_B, "K": K, "pairs": n_pairs, "lipo_steps_per_epoch": -(-N_LISTS_B // BATCH_LISTS),
            "trl_steps_per_epoch": -(-n_pairs // BATCH_PAIRS), **res,
@@ -230,7 +238,7 @@ def main() -> None:
         print(f"(b) lipo {b['ratio_epoch_time']:.2f}x faster per epoch", flush=True)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
-    rows_a = [[name, f"{a[name]['seconds_median']:.3f}", f"{a[name]['tokens_per_s']:,.0f}",
+    rows_a = [[name, f"{a[name]['cpu_seconds_median']:.3f}", f"{a[name]['tokens_per_s']:,.0f}",
                f"{a[name]['tokens_per_s'] / a['trl']['tokens_per_s']:.2f}x"]
               for name in ("trl", "lipo_unpacked", "lipo")]
     rows_b = [[f"TRL DPO, {K * (K - 1) // 2} pairs/list (sum of step times)", b["trl_steps_per_epoch"],
@@ -239,15 +247,16 @@ def main() -> None:
               ["lipo LiPO-lambda, lists, packed", b["lipo_steps_per_epoch"], f"{b['lipo_epoch_s_median']:.1f}"]]
     sl = a["same_batch_loss"]
     md = (f"TRL {trl.__version__}; small Llama (width 256, 4 layers, fp32), beta {BETA}, AdamW lr {LR}, clip 1.0, "
-          f"reference model forward on both sides. lipo timed in-process (no Ray). Medians of alternating runs.\n\n"
+          f"reference model forward on both sides. lipo timed in-process (no Ray). Medians of alternating runs; CPU "
+          f"seconds of one torch thread.\n\n"
           f"Same-batch loss check (K=2, policy != reference): TRL sigmoid {sl['trl_sigmoid']:.6f}, lipo "
           f"pair_logistic {sl['lipo_pair_logistic_packed']:.6f} (packed) / {sl['lipo_pair_logistic_unpacked']:.6f} "
           f"(unpacked); asserted within 1e-4.\n\n"
           f"## (a) K=2, {BATCH_PAIRS} pairs per step, prompt {PROMPT_LEN}, responses {RESPONSE_CHARS + 1} tokens\n\n"
-          + md_table(["trainer", "step s", "pair tokens/s", "vs TRL"], rows_a)
+          + md_table(["trainer", "step CPU s", "pair tokens/s", "vs TRL"], rows_a)
           + f"\n\n## (b) one epoch, {N_LISTS_B} lists of K={K} ({b['pairs']} pairs), prompt {PROMPT_LEN}, responses "
             f"{RESPONSE_CHARS + 1} tokens; lipo {BATCH_LISTS} lists/step, TRL {BATCH_PAIRS} pairs/step\n\n"
-          + md_table(["trainer", "steps", "epoch s"], rows_b)
+          + md_table(["trainer", "steps", "epoch CPU s"], rows_b)
           + f"\n\nlipo is {b['ratio_epoch_time']:.1f}x faster per epoch (target >= 5x; "
             f"{b['ratio_epoch_time_incl_trl_setup']:.1f}x against TRL's whole train() call).\n")
     write_results("vs_trl", {"trl_version": trl.__version__, "lipo_timing": "in-process core step, no Ray",

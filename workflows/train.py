@@ -35,6 +35,7 @@ def launch(cfg, task: str, fault: dict | None = None, parent_run_id: str | None 
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from lipo import tracking
+    from lipo.jobs import check_shared_storage
     from lipo.runtime import ensure_ray
     from lipo.training.loop import train_loop
     from lipo.training.prepare import prepare
@@ -49,6 +50,7 @@ def launch(cfg, task: str, fault: dict | None = None, parent_run_id: str | None 
     tracking.log_metrics(uri, run_id, prep.metrics, 0)
 
     ensure_ray()
+    check_shared_storage(cfg.output_dir)  # multi-node runs need checkpoints on shared storage
     sc = cfg.scaling
     trainer = TorchTrainer(
         train_loop,

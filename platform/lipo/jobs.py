@@ -57,7 +57,7 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
 
-# --- What is submitted ------------------------------------------------------------------------------------------------
+# --- What is submitted ----------------------------------------------------------------------------------------------
 def entrypoint(stage: str, config_rel: str, overrides: list[str]) -> str:
     """The shell command of the job: `lipo <cmd> CONFIG [overrides]`, every word shell-quoted."""
     if stage not in STAGES:
@@ -144,7 +144,7 @@ def validate_locally(stage: str, config: str | Path, overrides: list[str]) -> No
     load_config(cls, config, overrides)
 
 
-# --- Talking to the cluster --------------------------------------------------------------------------------------------
+# --- Talking to the cluster -----------------------------------------------------------------------------------------
 def normalize_address(address: str) -> str:
     """`HEAD:8265` -> `http://HEAD:8265`. A `ray://` (client) or GCS address is not the Jobs API."""
     address = (address or "").strip().rstrip("/")
@@ -169,9 +169,8 @@ def connect(address: str, timeout: float = 10.0):
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
         raise LipoError(f"cannot reach the Ray Jobs API at {address} ({exc.strerror or exc}); {hint}") from None
-    from ray.job_submission import JobSubmissionClient
-
     from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
 
     try:
         return JobSubmissionClient(address)
@@ -204,12 +203,16 @@ def follow_job(client, job_id: str, address: str, poll_s: float = 1.0) -> str | 
     try:
         try:
             asyncio.run(tail())
-        except (RuntimeError, OSError) as exc:  # the log stream broke (head restarted, port-forward dropped)
+        except Exception as exc:  # the log stream broke (head restarted, port-forward dropped): not the job's end
             print(f"[lipo] warning: log stream ended early ({_first_line(exc)}); waiting for the job's status",
                   file=sys.stderr, flush=True)
         # The stream closes when the driver exits; the status may lag behind it by a moment.
-        while (status := str(client.get_job_status(job_id).value)) not in TERMINAL:
-            time.sleep(poll_s)
+        try:
+            while (status := str(client.get_job_status(job_id).value)) not in TERMINAL:
+                time.sleep(poll_s)
+        except Exception as exc:
+            raise LipoError(f"lost contact with {address} while following job {job_id} ({_first_line(exc)}); "
+                            f"it may still be running: ray job status {job_id} --address {address}") from None
         return status
     except KeyboardInterrupt:
         print(f"\n[lipo] detached; job {job_id} keeps running\n{_how_to_reattach(job_id, address)}",
@@ -262,7 +265,7 @@ def submit_job(config: str | Path, overrides: list[str], *, address: str, stage:
     return job_id
 
 
-# --- Storage on a multi-node cluster ------------------------------------------------------------------------------------
+# --- Storage on a multi-node cluster --------------------------------------------------------------------------------
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 

@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def train_yaml(workdir: Path, lists: Path, **extra) -> Path:
     """configs/train.yaml in `workdir`, reading a copy of `lists` (the toy_lists fixture) by a relative path."""
-    shutil.copy(lists, workdir / "lists.jsonl")
+    if lists.resolve() != (workdir / "lists.jsonl").resolve():
+        shutil.copy(lists, workdir / "lists.jsonl")
     cfg = {"output_dir": "runs", "model": {"path": "builtin:tiny-llama"}, "data": {"train": ["lists.jsonl"],
            "max_prompt_tokens": 64, "max_response_tokens": 16}, **extra}
     (workdir / "configs").mkdir(exist_ok=True)
@@ -112,7 +113,7 @@ def test_deploy_job_files_match_what_lipo_submit_builds():
 
 
 # --- Refused before anything is submitted -----------------------------------------------------------------------------
-def test_config_outside_working_dir_is_refused(tmp_path):
+def test_config_outside_working_dir_is_refused(tmp_path, toy_lists):
     wd, elsewhere = tmp_path / "wd", tmp_path / "elsewhere"
     wd.mkdir(), elsewhere.mkdir()
     cfg = train_yaml(elsewhere, toy_lists)
@@ -130,20 +131,20 @@ def test_config_in_an_excluded_dir_or_missing_is_refused(tmp_path):
         jobs.config_in_working_dir(tmp_path / "nope.yaml", tmp_path)
 
 
-def test_bad_config_fails_before_connecting(tmp_path, monkeypatch):
+def test_bad_config_fails_before_connecting(tmp_path, toy_lists, monkeypatch):
     cfg = train_yaml(tmp_path, toy_lists)
     monkeypatch.setattr(jobs, "connect", lambda address: pytest.fail("connected despite a bad config"))
     with pytest.raises(ConfigError, match="optim.lrr: unknown key"):
         jobs.submit_job(cfg, ["optim.lrr=1"], address="http://127.0.0.1:1", stage="train", working_dir=tmp_path)
 
 
-def test_unimportable_stage_config_is_left_to_the_job(tmp_path, capsys, monkeypatch):
+def test_unimportable_stage_config_is_left_to_the_job(tmp_path, toy_lists, capsys, monkeypatch):
     monkeypatch.setitem(jobs.STAGES, "eval", ("eval", "lipo.not_written_yet.config:EvalConfig"))
     jobs.validate_locally("eval", train_yaml(tmp_path, toy_lists), [])
     assert "warning: eval config not validated locally" in capsys.readouterr().err
 
 
-def test_unreachable_address_is_one_line(tmp_path):
+def test_unreachable_address_is_one_line(tmp_path, toy_lists):
     cfg = train_yaml(tmp_path, toy_lists)
     port = free_port()  # nothing listens there
     proc = subprocess.run([sys.executable, "-m", "lipo.cli", "submit", str(cfg), "--stage", "train", "--address",
@@ -165,7 +166,7 @@ def test_ray_client_address_is_refused():
         jobs.normalize_address("ray://head:10001")
 
 
-# --- Following a job (a fake client: the real one is exercised by the slow test) ---------------------------------------
+# --- Following a job (a fake client: the real one is exercised by the slow test) -----------------------------------
 class FakeClient:
     def __init__(self, chunks, status="SUCCEEDED", message=""):
         self.chunks, self.status, self.message = chunks, status, message
@@ -191,16 +192,16 @@ class FakeClient:
         self.stopped = True
 
 
-def _submit(tmp_path, monkeypatch, client, **kwargs):
-    toy_lists = write_lists(tmp_path / 'toy.jsonl')
+def _submit(tmp_path, toy_lists, monkeypatch, client, **kwargs):
     monkeypatch.setattr(jobs, "connect", lambda address: client)
-    return jobs.submit_job(train_yaml(tmp_path, toy_lists), ["optim.max_steps=2"], address="http://head:8265", stage="train",
-                           working_dir=tmp_path, **kwargs)
+    cfg = train_yaml(tmp_path, toy_lists)
+    return jobs.submit_job(cfg, ["optim.max_steps=2"], address="http://head:8265", stage="train", working_dir=tmp_path,
+                           **kwargs)
 
 
-def test_follow_streams_logs_until_success(tmp_path, monkeypatch, capsys):
+def test_follow_streams_logs_until_success(tmp_path, toy_lists, monkeypatch, capsys):
     client = FakeClient(["step 1\n", "step 2\n"])
-    job_id = _submit(tmp_path, monkeypatch, client)
+    job_id = _submit(tmp_path, toy_lists, monkeypatch, client)
     out = capsys.readouterr().out
     assert job_id.startswith("lipo-train-") and f"submitted job {job_id}" in out
     assert "step 1\nstep 2\n" in out and f"job {job_id} SUCCEEDED" in out
@@ -209,24 +210,41 @@ def test_follow_streams_logs_until_success(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("status", ["FAILED", "STOPPED"])
-def test_failed_or_stopped_job_is_an_error(tmp_path, monkeypatch, status):
+def test_failed_or_stopped_job_is_an_error(tmp_path, toy_lists, monkeypatch, status):
     client = FakeClient(["boom\n"], status, "Job entrypoint command failed with exit code 2\nlast logs ...")
     with pytest.raises(LipoError, match=f"{status}: Job entrypoint command failed with exit code 2 \\(full log"):
-        _submit(tmp_path, monkeypatch, client)
+        _submit(tmp_path, toy_lists, monkeypatch, client)
 
 
-def test_ctrl_c_detaches_without_stopping_the_job(tmp_path, monkeypatch, capsys):
+def test_ctrl_c_detaches_without_stopping_the_job(tmp_path, toy_lists, monkeypatch, capsys):
     client = FakeClient(["step 1\n", KeyboardInterrupt], status="RUNNING")
-    job_id = _submit(tmp_path, monkeypatch, client)
+    job_id = _submit(tmp_path, toy_lists, monkeypatch, client)
     err = capsys.readouterr().err
     assert not client.stopped and "keeps running" in err
     assert f"ray job logs --follow {job_id} --address http://head:8265" in err
     assert f"ray job stop {job_id} --address http://head:8265" in err
 
 
-def test_no_follow_returns_after_submitting(tmp_path, monkeypatch, capsys):
+def test_broken_log_stream_falls_back_to_the_status(capsys):
+    class Broken(FakeClient):
+        async def tail_job_logs(self, job_id):
+            yield "step 1\n"
+            raise RuntimeError("connection closed unexpectedly\ndetails")
+
+    assert jobs.follow_job(Broken([]), "j1", "http://head:8265", poll_s=0) == "SUCCEEDED"
+    assert "log stream ended early (connection closed unexpectedly)" in capsys.readouterr().err
+
+    class Gone(Broken):
+        def get_job_status(self, job_id):
+            raise ConnectionError("Failed to connect to Ray at address: http://head:8265.")
+
+    with pytest.raises(LipoError, match="lost contact with http://head:8265 while following job j1 .*ray job status"):
+        jobs.follow_job(Gone([]), "j1", "http://head:8265", poll_s=0)
+
+
+def test_no_follow_returns_after_submitting(tmp_path, toy_lists, monkeypatch, capsys):
     client = FakeClient([KeyboardInterrupt], status="RUNNING")  # following would "interrupt": it must not happen
-    job_id = _submit(tmp_path, monkeypatch, client, follow=False)
+    job_id = _submit(tmp_path, toy_lists, monkeypatch, client, follow=False)
     assert f"ray job logs --follow {job_id}" in capsys.readouterr().out and client.submitted
 
 
@@ -290,6 +308,7 @@ def ray_head():
     dash = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "LIPO_SHARED_FS")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
+               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",  # nothing to drain for; it would add 30 s to teardown
                # The job runs `lipo` from PATH, as it would in the cluster image.
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
     log = open(Path(temp_dir) / "head.log", "w")
@@ -330,14 +349,15 @@ def ray_head():
 
 
 @pytest.mark.slow
-def test_submitted_train_job_succeeds_and_logs_to_mlflow(ray_head, tmp_path):
+def test_submitted_train_job_succeeds_and_logs_to_mlflow(ray_head, tmp_path, toy_lists):
     from lipo import tracking
 
     work = tmp_path / "work"
     work.mkdir()
     db = tmp_path / "mlflow.db"
-    cfg = train_yaml(work, toy_lists, output_dir=str(tmp_path / "runs"), optim={"max_steps": 2, "micro_batch_size": 2},
-                     scaling={"num_workers": 1, "cpus_per_worker": 0.5}, checkpoint={"every": 1000})
+    cfg = train_yaml(work, toy_lists, output_dir=str(tmp_path / "runs"),
+                     optim={"max_steps": 2, "micro_batch_size": 2}, checkpoint={"every": 1000},
+                     scaling={"num_workers": 1, "cpus_per_worker": 0.5})
     (work / "runs").mkdir()
     (work / "runs" / "big.bin").write_bytes(b"\0" * 1024)  # excluded: must not matter to the job
     start = time.time()

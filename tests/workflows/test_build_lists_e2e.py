@@ -93,8 +93,8 @@ def test_killed_scorer_actor_leaves_no_hole(baseline, prompts, tmp_path):
 
 def test_killed_driver_resumes_to_the_same_dataset(ray_local, baseline, prompts, tmp_path):
     _, result = baseline
-    # Slow scoring (0.4 s per candidate) keeps the run alive long enough to kill it after its first shard.
-    args = ["score.function_kwargs={delay: 0.4}"]
+    # Slow scoring (0.3 s per candidate) keeps the run alive long enough to kill it after its first shard.
+    args = ["score.function_kwargs={delay: 0.3}"]
     cfg_path = tmp_path / "build.yaml"
     cfg_path.write_text(yaml.safe_dump(build_config(tmp_path, prompts, "resumed", *args).model_dump(mode="json")))
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
@@ -185,10 +185,14 @@ def test_existing_scores_on_imported_pairs_get_ref_logps(ray_local, tmp_path):
         assert len(got["ref_logps"]) == 2
 
 
-def test_scoring_function_error_is_one_line(ray_local, prompts, tmp_path):
-    cfg = build_config(tmp_path, prompts, "failing", "score.function=tests.lipo.lists.lists_helpers:failing_reward",
-                       "input.limit=1", "reference=null")
+def test_scoring_function_error_is_one_line(ray_local, tmp_path):
+    # Lists in, no generation and no reference model: a one-actor pipeline, so the failure is cheap to reach.
+    lists = tmp_path / "lists.jsonl"
+    lists.write_text(json.dumps({"id": "p0", "prompt": "Q?", "responses": ["a", "b"], "labels": [1.0, 0.0]}) + "\n")
+    cfg = build_config(tmp_path, lists, "failing", "generate=null", "reference=null",
+                       "score.function=tests.lipo.lists.lists_helpers:failing_reward")
     with pytest.raises(LipoError) as err:
         build(cfg)
-    assert "raised ValueError on id 'p0': boom" in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value) == ("score.function tests.lipo.lists.lists_helpers:failing_reward raised ValueError on "
+                              "id 'p0': boom")
     assert not (tmp_path / "failing" / "_manifest.json").exists()

@@ -11,8 +11,9 @@ killed run leaves whole files or none. A shard counts as finished only once its 
 part file); on rerun, finished shards are skipped, unfinished ones are redone from scratch (their part file, if one
 was renamed into place before the kill, is simply replaced), which gives exactly one list per prompt.
 
-`open_output` refuses an output directory that holds a build of a different config (naming the keys that changed),
-or a directory with other content.
+`open_output` refuses an output directory that holds a build of a different config with at least one finished shard
+(naming the keys that changed), or a directory with other content. A build that failed before finishing any shard
+(say, a scoring function that raised) leaves nothing worth keeping, so a fixed config may take its place.
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ def open_output(out: OutputDir, cfg_hash: str, resolved: dict, input_digest: str
     started = out.state / "config.json"
     if manifest is not None or started.is_file():
         previous = manifest if manifest is not None else json.loads(started.read_text(encoding="utf-8"))
+        if previous["config_hash"] != cfg_hash and manifest is None and not out.finished():
+            started.unlink()  # the other config never finished a shard: nothing to keep, start this one afresh
+            return open_output(out, cfg_hash, resolved, input_digest)
         if previous["config_hash"] != cfg_hash:
             changed = ", ".join(_changed_keys(previous["config"], resolved)) or "model or library defaults"
             raise LipoError(f"{key} {out.root} holds a build of a different config (changed: {changed}); "
@@ -108,7 +112,7 @@ def open_output(out: OutputDir, cfg_hash: str, resolved: dict, input_digest: str
                                 f"use another {key}, or delete it to start over")
             return "complete"
         return "resume"
-    if out.root.exists() and any(out.root.iterdir()):
+    if out.root.exists() and any(p.name != STATE_DIR for p in out.root.iterdir()):
         raise LipoError(f"{key} {out.root} is not empty and holds no build-lists state; choose an empty directory")
     out.state.mkdir(parents=True, exist_ok=True)
     write_json(started, {"config_hash": cfg_hash, "config": resolved})

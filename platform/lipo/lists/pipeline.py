@@ -15,6 +15,7 @@ moment all of its rows (kept or dropped) are back.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,17 +120,25 @@ def _list_row(row: dict[str, Any]) -> dict[str, Any]:
     return {k: row[k] for k in ("id", "prompt", "prompt_messages", "responses", "labels", "rewards", "ref_logps")}
 
 
-def _user_error(exc: BaseException) -> LipoError | None:
-    """The LipoError (e.g. from the scoring function) inside Ray's wrappers, if there is one."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        cause = getattr(exc, "cause", None)  # RayTaskError keeps the original exception here
-        if isinstance(cause, LipoError):
-            return cause
-        if type(exc) in (LipoError,) or (isinstance(exc, LipoError) and cause is None):
-            return exc
-        exc = exc.__cause__ or exc.__context__ or cause
+# How a LipoError raised inside an actor shows in the remote traceback text that Ray Data passes back (the exception
+# object itself does not survive: Ray Data re-raises a UserCodeException that only carries the formatted traceback).
+_REMOTE_LIPO_ERROR = re.compile(r"^lipo\.errors\.\w+: (.+)$", re.MULTILINE)
+
+
+def _user_message(exc: BaseException) -> str | None:
+    """The message of the LipoError (e.g. from the scoring function) inside Ray's wrappers, if there is one."""
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, LipoError) and getattr(e, "cause", None) is None:
+            return str(e)
+        found = _REMOTE_LIPO_ERROR.findall(str(e))
+        if found:
+            return found[-1]
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
     return None
 
 
@@ -159,9 +168,9 @@ def execute(plan: Plan, on_shard: Callable[[int, dict], None] | None = None) -> 
     except LipoError:
         raise
     except Exception as exc:
-        user = _user_error(exc)
-        if user is not None:
-            raise LipoError(str(user.args[0]) if user.args else str(user)) from exc
+        message = _user_message(exc)
+        if message is not None:
+            raise LipoError(message) from exc
         raise LipoError(f"build-lists pipeline failed: {str(exc).strip().splitlines()[-1]}") from exc
     finally:
         bar.close()

@@ -17,13 +17,14 @@ field) -> config limits (422) -> DeploymentHandle call under `asyncio.wait_for` 
 for the ingress and at the handle for a model deployment.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Serve's typed builder and FastAPI read the annotations of
+# `build_app` and the routes as real classes.
 import asyncio
 import logging
 import secrets
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -230,11 +231,38 @@ def _serve_http() -> tuple[str | None, int | None]:
         return None, None
 
 
-def build_app(args: ServeArgs):
-    """Serve's typed application builder: `import_path: lipo.serving.app:build_app`, `args: {config: ...}`."""
+def load_serve_config(args: ServeArgs) -> ServeConfig:
+    """The ServeConfig that `args` names: a whole file, or its `section`, with the overrides applied."""
     from lipo.config import load_config
 
-    cfg = load_config(ServeConfig, args.config, args.overrides)
+    if args.section is None:
+        return load_config(ServeConfig, args.config, args.overrides)
+    import yaml
+    from pydantic import ValidationError
+
+    from lipo.config import apply_override, format_validation_error
+    from lipo.errors import ConfigError
+
+    if args.config is None:
+        raise ConfigError("serve args: `section` needs a `config` file")
+    try:
+        tree = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {args.config}: {exc}".replace("\n", " ")) from None
+    sub = tree.get(args.section) if isinstance(tree, dict) else None
+    if not isinstance(sub, dict):
+        raise ConfigError(f"{args.config} has no `{args.section}` section")
+    for override in args.overrides:
+        apply_override(sub, override)
+    try:
+        return ServeConfig.model_validate(sub)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, f"{args.config} [{args.section}]")) from None
+
+
+def build_app(args: ServeArgs):
+    """Serve's typed application builder: `import_path: lipo.serving.app:build_app`, `args: {config: ...}`."""
+    cfg = load_serve_config(args)
     key = load_api_key()
     check_bind(_serve_http()[0], key is not None, args.insecure)
     return build(cfg, key_digest(key))

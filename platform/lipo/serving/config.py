@@ -71,6 +71,12 @@ class BatchConfig(Strict):
     batch_wait_timeout_s: float = Field(0.01, ge=0)
 
 
+def _batch_fits(batch: BatchConfig, deployment: DeploymentConfig) -> None:
+    if batch.max_batch_size > deployment.max_ongoing_requests:
+        raise ValueError(f"batch.max_batch_size ({batch.max_batch_size}) exceeds deployment.max_ongoing_requests "
+                         f"({deployment.max_ongoing_requests}): a replica never holds enough requests to fill a batch")
+
+
 class PolicyConfig(Strict):
     # A Hugging Face directory or hub id, `builtin:tiny-llama`, or an MLflow URI: `models:/NAME@ALIAS`,
     # `models:/NAME/VERSION` or `runs:/RUN_ID/model` (the training stage logs its HF dir under `model/`).
@@ -80,6 +86,11 @@ class PolicyConfig(Strict):
     max_prompt_tokens: int = Field(512, ge=1)  # longer prompts keep their end, as in training
     batch: BatchConfig = BatchConfig()
     deployment: DeploymentConfig = DeploymentConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "PolicyConfig":
+        _batch_fits(self.batch, self.deployment)
+        return self
 
 
 class RewardConfig(Strict):
@@ -91,6 +102,11 @@ class RewardConfig(Strict):
     max_tokens: int = Field(1024, ge=1)  # longer inputs keep their end (the responses)
     batch: BatchConfig = BatchConfig()
     deployment: DeploymentConfig = DeploymentConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "RewardConfig":
+        _batch_fits(self.batch, self.deployment)
+        return self
 
 
 class LimitsConfig(Strict):
@@ -138,6 +154,10 @@ class ServeConfig(Strict):
             raise ValueError(f"model names must be distinct, got {names} (set policy.name / baseline.name)")
         if not self.http.route_prefix.startswith("/"):
             raise ValueError("http.route_prefix must start with '/'")
+        for slot in ("policy", "baseline"):
+            batch = getattr(self, slot) and getattr(self, slot).batch.max_batch_size
+            if batch and self.limits.max_n > batch:  # all choices of one request are sampled in one batch
+                raise ValueError(f"limits.max_n ({self.limits.max_n}) exceeds {slot}.batch.max_batch_size ({batch})")
         return self
 
     def policies(self) -> dict[str, PolicyConfig]:
@@ -148,11 +168,13 @@ class ServeConfig(Strict):
 class ServeArgs(Strict):
     """Arguments of `lipo.serving.app:build_app`, as a `serve deploy` config or a RayService passes them.
 
-    `config` is a ServeConfig YAML file (none: the defaults, builtin tiny models); `overrides` are `key.sub=value`
-    strings applied on top, as on the command line. The API key comes from $LIPO_API_KEY or $LIPO_API_KEY_FILE on
+    `config` is a ServeConfig YAML file (none: the defaults, builtin tiny models), or with `section` the key that
+    holds one inside a larger file (e.g. `serve` in a pipeline config); `overrides` are `key.sub=value` strings
+    applied on top, as on the command line. The API key comes from $LIPO_API_KEY or $LIPO_API_KEY_FILE on
     the cluster; with neither, `insecure: true` must be set explicitly unless Serve listens on loopback only.
     """
 
     config: str | None = None
+    section: str | None = None
     overrides: list[str] = []
     insecure: bool = False

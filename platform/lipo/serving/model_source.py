@@ -49,17 +49,34 @@ def _hf_dir(root: Path, spec: str) -> Path:
                     f"{root}/model)")
 
 
+def _registry_source(spec: str, uri: str | None) -> str:
+    """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> the artifact location of that model version."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name, _, version = spec[len("models:/"):].partition("/")
+    name, _, alias = name.partition("@")
+    if alias:
+        version = client.get_model_version_by_alias(name, alias).version
+    return client.get_model_version_download_uri(name, version)
+
+
 def resolve(spec: str, tracking_uri: str | None = None, cache_dir: str | None = None) -> str:
     """A spec `lipo.models.loading` understands: MLflow URIs are downloaded to a local directory first."""
     if not is_mlflow_uri(spec):
         return spec
     import mlflow.artifacts
 
+    if spec.startswith("runs:/") and "/" not in spec[len("runs:/"):].strip("/"):
+        spec = f"runs:/{spec[len('runs:/'):].strip('/')}/model"  # a bare run: its logged model directory
     dst = Path(cache_dir or tempfile.mkdtemp(prefix="lipo-model-"))
     dst.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=str(dst),
-                                                    tracking_uri=tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+        # The registry is looked up on the same server as the runs (download_artifacts alone would use the global
+        # registry URI, not `uri`).
+        source = _registry_source(spec, uri) if spec.startswith("models:/") else spec
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=uri)
     except Exception as exc:  # MLflow raises many types (RestException, MlflowException, OSError)
         raise LipoError(f"cannot download {spec}: {str(exc).strip().splitlines()[0]}") from exc
     return str(_hf_dir(Path(local), spec))

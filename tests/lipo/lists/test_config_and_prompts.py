@@ -134,6 +134,12 @@ def test_output_dir_refusals(tmp_path):
     cfg = build_config(tmp_path, prompts, "out")
     assert prepare(cfg).status == "new"
     assert prepare(cfg).status == "resume"
+    # No shard finished yet: another config may take over (a failed first attempt leaves nothing to keep) ...
+    assert prepare(build_config(tmp_path, prompts, "out", "generate.temperature=0.7")).status == "new"
+    plan = prepare(cfg)
+    assert plan.status == "new"
+    plan.out.write_shard(plan.shards[0], [], {"shard": 0, "ids_sha": plan.shards[0].ids_sha})
+    # ... but once a shard is done, a different config is refused, naming what changed.
     with pytest.raises(LipoError, match=r"different config \(changed: generate.temperature\)"):
         prepare(build_config(tmp_path, prompts, "out", "generate.temperature=0.3"))
     assert prepare(build_config(tmp_path, prompts, "out", "resources.score.concurrency=2")).status == "resume"
@@ -141,3 +147,33 @@ def test_output_dir_refusals(tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(LipoError, match="not empty and holds no build-lists state"):
         prepare(build_config(tmp_path, prompts, "other"))
+
+
+def test_truncated_prompts_become_counted_events(tmp_path):
+    from lipo.lists.stages import work_table
+
+    table, _ = _read(tmp_path, [{"prompt": "short"}, {"prompt": "x" * 100}], "input.max_prompt_tokens=20")
+    block = work_table(0, plan_shards(table, 0, 10)[0].table)
+    assert block.column("events").to_pylist() == [[], ["prompt_truncated"]]
+
+
+def test_cli_errors_are_one_line_before_ray(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "fine"}\n{"id": "x"}\n')
+    cfg = tmp_path / "build.yaml"
+    cfg.write_text(yaml.safe_dump(build_config(tmp_path, prompts, "out").model_dump(mode="json")))
+
+    def lipo(*args):
+        return subprocess.run([sys.executable, "-m", "lipo.cli", "build-lists", str(cfg), *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+
+    for proc, needle in [(lipo("generate.temprature=1"), "generate.temprature: unknown key"),
+                         (lipo(), f"{prompts}: row 2: field 'prompt': missing")]:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("part-*"))

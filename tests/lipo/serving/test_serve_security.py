@@ -134,3 +134,42 @@ def test_limits_config_from_yaml_overrides():
 
     cfg = load_config(ServeConfig, None, ["limits.max_n=2"])
     assert cfg.limits.max_n == 2
+
+
+def test_build_app_refuses_an_open_unauthenticated_server(monkeypatch, capsys):
+    """Under `serve deploy` / a RayService the bind host is Serve's; no key and no loopback -> no app."""
+    from lipo.serving import app as serving_app
+    from lipo.serving.config import ServeArgs
+
+    monkeypatch.delenv("LIPO_API_KEY", raising=False)
+    monkeypatch.delenv("LIPO_API_KEY_FILE", raising=False)
+    monkeypatch.setattr(serving_app, "_serve_http", lambda: ("0.0.0.0", 8000))
+    with pytest.raises(LipoError, match="refusing to serve on 0.0.0.0"):
+        serving_app.build_app(ServeArgs())
+    assert serving_app.build_app(ServeArgs(insecure=True)) is not None
+    assert "WITHOUT AUTHENTICATION" in capsys.readouterr().err
+    monkeypatch.setenv("LIPO_API_KEY", "k")
+    assert serving_app.build_app(ServeArgs(overrides=["reward=null"])) is not None
+    monkeypatch.setattr(serving_app, "_serve_http", lambda: (None, None))  # unknown host: treated as open
+    monkeypatch.delenv("LIPO_API_KEY")
+    with pytest.raises(LipoError, match="an unknown host"):
+        serving_app.build_app(ServeArgs())
+
+
+def test_cli_serve_refuses_before_starting_anything(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LIPO_API_KEY", "LIPO_API_KEY_FILE")}
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("http: {host: 0.0.0.0, port: 0}\n")
+    proc = subprocess.run([sys.executable, "-m", "lipo.cli", "serve", str(cfg)], capture_output=True, text=True,
+                          env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().startswith("lipo: error: refusing to serve on 0.0.0.0 with no API key")
+    assert "Traceback" not in proc.stderr and "ray" not in proc.stdout.lower()
+    cfg.write_text("policy: {modle: x}\n")
+    proc = subprocess.run([sys.executable, "-m", "lipo.cli", "serve", str(cfg)], capture_output=True, text=True,
+                          env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "policy.modle: unknown key" in proc.stderr

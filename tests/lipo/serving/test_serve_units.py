@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,6 +29,8 @@ def test_config_defaults_names_and_deployment_options():
     assert ropts["autoscaling_config"]["max_replicas"] == 3 and "num_replicas" not in ropts
     with pytest.raises(ConfigError, match="model names must be distinct"):
         load_config(ServeConfig, None, ["baseline.name=policy"])
+    with pytest.raises(ConfigError, match=r"batch.max_batch_size \(8\) exceeds deployment.max_ongoing_requests"):
+        load_config(ServeConfig, None, ["reward.deployment.max_ongoing_requests=4"])
     with pytest.raises(ConfigError, match="min_replicas must not exceed max_replicas"):
         load_config(ServeConfig, None, ["policy.deployment.autoscaling={min_replicas: 3, max_replicas: 2}"])
 
@@ -39,6 +42,21 @@ def test_example_configs_load():
     assert app["import_path"] == "lipo.serving.app:build_app"
     args = ServeArgs.model_validate(app["args"])  # what Serve's typed builder does with `args`
     load_config(ServeConfig, args.config, args.overrides)
+
+
+def test_serve_args_section_of_a_larger_file(tmp_path):
+    from lipo.serving.app import load_serve_config
+
+    f = tmp_path / "pipeline.yaml"
+    f.write_text("train: {x: 1}\nserve:\n  policy: {model: builtin:tiny-llama, name: mine}\n")
+    cfg = load_serve_config(ServeArgs(config=str(f), section="serve", overrides=["limits.max_n=2"]))
+    assert cfg.policy.name == "mine" and cfg.limits.max_n == 2
+    with pytest.raises(ConfigError, match="has no `eval` section"):
+        load_serve_config(ServeArgs(config=str(f), section="eval"))
+    with pytest.raises(ConfigError, match=r"\[serve\]: policy.bogus: unknown key"):
+        load_serve_config(ServeArgs(config=str(f), section="serve", overrides=["policy.bogus=1"]))
+    with pytest.raises(ConfigError, match=r"limits.max_n \(16\) exceeds policy.batch.max_batch_size \(8\)"):
+        load_serve_config(ServeArgs(overrides=["limits.max_n=16"]))
 
 
 def test_check_source():
@@ -146,8 +164,7 @@ def test_ingress_timeout_is_a_408_and_cancels_the_call():
         def cancel(self):
             SlowCall.cancelled = True
 
-    ingress = object.__new__(Ingress.func_or_class)
-    ingress.cfg = load_config(ServeConfig, None, ["limits.request_timeout_s=0.05"])
+    ingress = SimpleNamespace(cfg=load_config(ServeConfig, None, ["limits.request_timeout_s=0.05"]))
     with pytest.raises(ApiError) as exc:
-        asyncio.run(ingress._call(SlowCall()))
+        asyncio.run(Ingress.func_or_class._call(ingress, SlowCall()))
     assert exc.value.status == 408 and "within 0.05s" in exc.value.message and SlowCall.cancelled

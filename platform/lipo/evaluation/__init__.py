@@ -1,0 +1,7 @@
+"""Evaluation by win rate against the baseline, judged by the reward model, through the Serve deployments.
+
+    lipo eval configs/eval_example.yaml
+
+`config` (EvalConfig), `winrate` (outcomes, bootstrap CI: pure numpy), `runner` (prompts in, HTTP calls, metrics
+out) and `report` (files, histogram, MLflow). Nothing is imported here.
+"""
