@@ -157,7 +157,7 @@ def write_results(name: str, payload: dict, markdown: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     m = payload["machine"]
     header = (f"# {name}\n\n{payload['date']}; {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
-              f"({m['torch_threads']} threads), transformers {m['transformers']}; 1-min load average "
+              f"(torch threads: {m['torch_threads']}), transformers {m['transformers']}; 1-min load average "
               f"{m['loadavg_1min_start']:.1f} at start, {m['loadavg_1min_end']:.1f} at end\n\n")
     (RESULTS / f"{name}.md").write_text(header + markdown.strip() + "\n", encoding="utf-8")
     print(f"wrote {RESULTS / name}.json and .md")

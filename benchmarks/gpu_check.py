@@ -205,7 +205,7 @@ def main() -> int:
         result, rc = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}, 1
     result["wall_s"] = time.perf_counter() - t0
     text = json.dumps(result, indent=2)
-    targets = [ROOT / "benchmarks" / "results" / ("gpu_check_smoke.json" if args.smoke else "gpu_check.json")]
+    targets = [] if args.smoke else [ROOT / "benchmarks" / "results" / "gpu_check.json"]
     if os.environ.get("OUT"):
         targets.append(Path(os.environ["OUT"]) / "gpu_check.json")
     for path in targets:

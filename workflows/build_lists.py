@@ -25,7 +25,7 @@ class BuildResult:
     tracking_uri: str | None
 
 
-def run(cfg: BuildListsConfig) -> BuildResult:
+def run(cfg: BuildListsConfig, parent_run_id: str | None = None) -> BuildResult:
     from lipo import tracking
     from lipo.lists.manifest import sample_rows
     from lipo.lists.pipeline import execute, finalize, manifest_metrics, prepare
@@ -42,7 +42,7 @@ def run(cfg: BuildListsConfig) -> BuildResult:
     if cfg.tracking.enabled:
         uri = tracking.resolve_uri(cfg.tracking.uri, str(plan.out.root.parent))
         name = cfg.tracking.run_name or f"build-lists-{plan.config_hash}"  # a resumed build keeps its run
-        run_id, created = tracking.open_run(uri, cfg.tracking.experiment, name, "build-lists")
+        run_id, created = tracking.open_run(uri, cfg.tracking.experiment, name, "build-lists", parent_run_id)
         tracking.log_config(uri, run_id, plan.resolved, created)
 
     def on_shard(done: int, record: dict) -> None:

@@ -202,7 +202,12 @@ def test_rayservice_serve_config(renders: dict[str, Render]) -> None:
     ServeDeploySchema.model_validate(config)  # the schema Ray Serve itself applies to serveConfigV2
     [app] = config["applications"]
     assert app["import_path"] == "lipo.serving.app:build_app"
-    assert app["args"] == {"config": "/etc/lipo/quickstart.yaml"}
+    from lipo.serving.config import ServeArgs
+
+    defaults = yaml.safe_load((REPO / "charts" / "lipo" / "values.yaml").read_text())["service"]["args"]
+    expected = r.values.get("service", {}).get("args", defaults)
+    assert app["args"] == {k: v for k, v in expected.items() if v is not None}  # helm drops null values
+    ServeArgs.model_validate(app["args"])  # the typed argument of build_app accepts what the chart renders
     assert app["deployments"] == r.values["service"]["deployments"]
     for where, template in pod_templates(rayservice):
         key = _env(template["spec"]["containers"][0])["LIPO_API_KEY"]["valueFrom"]["secretKeyRef"]

@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -98,8 +97,9 @@ def test_killed_driver_resumes_to_the_same_dataset(ray_local, baseline, prompts,
     cfg_path = tmp_path / "build.yaml"
     cfg_path.write_text(yaml.safe_dump(build_config(tmp_path, prompts, "resumed", *args).model_dump(mode="json")))
     env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    log = open(tmp_path / "driver.log", "w")  # noqa: SIM115 - closed below, after the process is gone
     proc = subprocess.Popen([sys.executable, "-m", "lipo.cli", "build-lists", str(cfg_path)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     out = tmp_path / "resumed"
     try:
         deadline = time.time() + 240
@@ -108,8 +108,10 @@ def test_killed_driver_resumes_to_the_same_dataset(ray_local, baseline, prompts,
         os.killpg(proc.pid, signal.SIGKILL)  # the driver dies between shards or mid-shard, never cleanly
     finally:
         proc.wait(timeout=60)
+        log.close()
     done = list(out.glob("_build/part-*.json"))
-    assert 1 <= len(done) < 3 and not (out / "_manifest.json").exists(), "the kill should land mid-run"
+    tail = (tmp_path / "driver.log").read_text()[-2000:]
+    assert 1 <= len(done) < 3 and not (out / "_manifest.json").exists(), f"the kill should land mid-run:\n{tail}"
     resumed = build(build_config(tmp_path, prompts, "resumed", *args))
     assert resumed.manifest["counts"] == result.manifest["counts"]
     assert dataset(resumed.output_dir) == dataset(result.output_dir)

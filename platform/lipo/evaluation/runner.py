@@ -1,7 +1,7 @@
 """Run one evaluation against a lipo server over HTTP: sample both sides, judge, estimate the KL, summarise.
 
     rows = read_prompts(["data/heldout.jsonl"])
-    samples, metrics = evaluate(cfg, rows, url="http://127.0.0.1:8000", api_key="...")
+    samples, metrics, plan = evaluate(cfg, rows, url="http://127.0.0.1:8000", api_key="...")
 
 Everything goes through the server's public endpoints (/v1/completions or /v1/chat/completions, /v1/score or
 /v1/compare, /v1/logprobs), so the numbers describe exactly what a user of the server gets. Requests run

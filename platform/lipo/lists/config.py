@@ -66,7 +66,7 @@ class ScoreConfig(Strict):
     field: str = "labels"  # existing: the input column with one number per response
 
     @model_validator(mode="after")
-    def _check(self) -> "ScoreConfig":
+    def _check(self) -> ScoreConfig:
         if self.name in ("pointwise", "pairwise") and not self.model:
             raise ValueError(f"score.model is required for the {self.name} scorer")
         if self.name == "function" and not (self.function and _FUNCTION_PATH.match(self.function)):
@@ -132,7 +132,7 @@ class BuildListsConfig(Strict):
     tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
-    def _check(self) -> "BuildListsConfig":
+    def _check(self) -> BuildListsConfig:
         if self.score.name == "existing" and self.generate is not None:
             raise ValueError("score.name 'existing' reads scores from the input rows: set generate to null")
         if self.label.method == "winrate" and self.score.name != "pairwise":
@@ -149,7 +149,8 @@ class BuildListsConfig(Strict):
 
     @property
     def tokenizer_model(self) -> str | None:
-        """The model whose tokenizer measures prompts: the reference's (training tokenises with it), else the policy's."""
+        """The model whose tokenizer measures prompts: the reference's (training tokenises with it), else the
+        policy's."""
         return self.reference_model or (self.generate.model if self.generate else None)
 
 

@@ -150,7 +150,8 @@ def shard_record(shard: Shard, rows: list[dict[str, Any]]) -> dict[str, Any]:
 def summarize(out: OutputDir, shards: list[Shard], records: dict[int, dict]) -> dict[str, Any]:
     """Counts and statistics of the finished dataset, checked: every prompt is one list or one counted drop."""
     files = sorted(p.name for p in out.root.glob("part-*.parquet"))
-    table = pq.read_table([str(out.root / f) for f in files], schema=LIST_SCHEMA) if files else LIST_SCHEMA.empty_table()
+    paths = [str(out.root / f) for f in files]
+    table = pq.read_table(paths, schema=LIST_SCHEMA) if files else LIST_SCHEMA.empty_table()
     ids = table.column("id").to_pylist()
     n_lists = sum(r["lists"] for r in records.values())
     n_prompts = sum(s.table.num_rows for s in shards)
@@ -169,12 +170,13 @@ def summarize(out: OutputDir, shards: list[Shard], records: dict[int, dict]) -> 
 
     return {
         "counts": {"prompts": n_prompts, "lists": n_lists, "candidates": sum(r["candidates"] for r in records.values()),
-                   "shards": len(shards), "files": len(files)},
+                   "shards": len(shards), "files": len(files),
+                   "lists_all_tied": sum(1 for v in labels if len(set(v)) == 1)},  # no preference signal
         "dropped_lists": dict(sorted(dropped.items())),
         "events": dict(sorted(events.items())),
-        "stats": {"labels": describe(flat("labels")), "rewards": describe(flat("rewards")),
-                  "ref_logps": describe(flat("ref_logps")), "list_size": describe([len(v) for v in labels]),
-                  "lists_all_tied": sum(1 for v in labels if len(set(v)) == 1)},
+        # statistics over all candidates (list_size: over lists)
+        "labels": describe(flat("labels")), "rewards": describe(flat("rewards")),
+        "ref_logps": describe(flat("ref_logps")), "list_size": describe([len(v) for v in labels]),
         "files": files,
     }
 

@@ -28,7 +28,7 @@ from lipo.lists.config import BuildListsConfig, identity_hash
 from lipo.lists.manifest import (
     SCHEMA_VERSION, OutputDir, check_resumable, open_output, shard_record, summarize, write_json)
 from lipo.lists.prompts import Shard, ids_digest, plan_shards, read_prompts
-from lipo.lists.stages import CANDIDATE_DROPS, WORK_SCHEMA, GenerateStage, ReferenceStage, ScoreStage, work_table
+from lipo.lists.stages import CANDIDATE_DROPS, GenerateStage, ReferenceStage, ScoreStage, work_table
 
 
 @dataclass
@@ -100,17 +100,25 @@ def _map(ds, stage: type, plan: Plan, res):
         batch_size=None, batch_format="pyarrow", num_cpus=res.num_cpus, num_gpus=res.num_gpus)
 
 
+def _vllm(ds, plan: Plan):
+    from lipo.lists.vllm_engine import vllm_generate
+
+    return vllm_generate(ds, plan.cfg)
+
+
+GENERATE_ENGINES: dict[str, Callable[[Any, Plan], Any]] = {
+    "hf": lambda ds, plan: _map(ds, GenerateStage, plan, plan.cfg.resources.generate),
+    "vllm": _vllm,
+}
+
+
 def build_dataset(plan: Plan):
     import ray.data
 
     cfg = plan.cfg
-    ds = ray.data.from_arrow([work_table(s.index, s.table) for s in plan.pending])
-    if cfg.generate is not None and cfg.generate.engine == "vllm":
-        from lipo.lists.vllm_engine import vllm_generate
-
-        ds = vllm_generate(ds, cfg)
-    elif cfg.generate is not None:
-        ds = _map(ds, GenerateStage, plan, cfg.resources.generate)
+    ds = ray.data.from_arrow([work_table(s.index, s.table) for s in plan.pending])  # one block per shard
+    if cfg.generate is not None:
+        ds = GENERATE_ENGINES[cfg.generate.engine](ds, plan)
     if cfg.reference is not None:
         ds = _map(ds, ReferenceStage, plan, cfg.resources.reference)
     return _map(ds, ScoreStage, plan, cfg.resources.score)
@@ -153,11 +161,14 @@ def execute(plan: Plan, on_shard: Callable[[int, dict], None] | None = None) -> 
     try:
         for batch in build_dataset(plan).iter_batches(batch_size=None, batch_format="pyarrow"):
             for row in batch.to_pylist():
-                shard = expected[row["shard"]]
-                buffers[shard.index][row["id"]] = row  # keyed by id: a retried task cannot duplicate a list
-                if len(buffers[shard.index]) < shard.table.num_rows:
+                got = buffers.get(row["shard"])
+                if got is None:  # a late copy from a retried task, of a shard already written
                     continue
-                got = buffers.pop(shard.index)
+                got[row["id"]] = row  # keyed by id: a retried task cannot duplicate a list
+                shard = expected[row["shard"]]
+                if len(got) < shard.table.num_rows:
+                    continue
+                del buffers[shard.index]
                 rows = [got[i] for i in shard.table.column("id").to_pylist()]
                 record = shard_record(shard, rows)
                 plan.out.write_shard(shard, [_list_row(r) for r in rows if r["drop"] is None], record)
@@ -174,7 +185,7 @@ def execute(plan: Plan, on_shard: Callable[[int, dict], None] | None = None) -> 
         raise LipoError(f"build-lists pipeline failed: {str(exc).strip().splitlines()[-1]}") from exc
     finally:
         bar.close()
-    if any(buffers.values()) or done != len(plan.shards):
+    if buffers or done != len(plan.shards):
         raise LipoError(f"build-lists pipeline ended with {len(plan.shards) - done} shard(s) incomplete; rerun to "
                         "resume")
 
@@ -210,18 +221,19 @@ def finalize(plan: Plan) -> dict[str, Any]:
     return manifest
 
 
+STAT_KEYS = ("labels", "rewards", "ref_logps", "list_size")
+
+
 def manifest_metrics(manifest: dict[str, Any]) -> dict[str, float]:
-    """The manifest's numbers as flat MLflow metrics, e.g. `lists/count`, `labels/mean`, `dropped/...`."""
+    """The manifest's numbers as flat MLflow metrics, e.g. `lists/lists`, `labels/mean`, `dropped_lists/...`."""
     out = {f"lists/{k}": float(v) for k, v in manifest["counts"].items()}
     out["input/rows_read"] = float(manifest["input"]["rows_read"])
     out["input/rows_skipped"] = float(manifest["input"]["rows_skipped"])
     for group in ("dropped_lists", "dropped_candidates", "truncated"):
         for reason, n in manifest[group].items():
             out[f"{group}/" + "".join(c if c.isalnum() else "_" for c in reason).strip("_")] = float(n)
-    for name, stats in manifest["stats"].items():
-        for k, v in (stats.items() if isinstance(stats, dict) else [("value", stats)]):
+    for name in STAT_KEYS:
+        for k, v in manifest[name].items():
             out[f"{name}/{k}"] = float(v)
     return out
 
-
-__all__ = ["Plan", "prepare", "execute", "finalize", "manifest_metrics", "WORK_SCHEMA"]

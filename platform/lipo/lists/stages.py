@@ -92,7 +92,7 @@ class GenerateStage:
         for chunk in _chunks(_live(rows), self.batch_size):
             texts = sample(self.model, self.tokenizer, [prompt_of(r) for r in chunk], g.num_candidates,
                            [r["seed"] for r in chunk], self.params, self.cfg.input.max_prompt_tokens)  # [B][K]
-            for row, candidates in zip(chunk, texts):
+            for row, candidates in zip(chunk, texts, strict=True):
                 add_candidates(row, candidates, g.include_reference, g.dedup)
         return pa.Table.from_pylist(rows, schema=WORK_SCHEMA)
 
@@ -180,7 +180,7 @@ class ScoreStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         for chunk in _chunks(_live(rows), self.batch_size):
-            for row, scores in zip(chunk, self.scorer(chunk)):  # scores: [K] per row
+            for row, scores in zip(chunk, self.scorer(chunk), strict=True):  # scores: [K] per row
                 row["rewards"] = [float(s) for s in scores]
                 try:
                     row["labels"] = label_list(row["rewards"], self.cfg.label)

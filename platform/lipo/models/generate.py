@@ -39,7 +39,7 @@ def _filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     return logits
 
 
-def _truncate_at_stop(text: str, stop: tuple[str, ...]) -> str:
+def truncate_at_stop(text: str, stop: tuple[str, ...]) -> str:
     cut = min((text.find(s) for s in stop if s and s in text), default=-1)
     return text[:cut] if cut >= 0 else text
 
@@ -90,5 +90,5 @@ def sample(model, tokenizer, prompts: list[Any], n: int, seeds: list[int], param
     rows = [e for e in encoded for _ in range(n)]
     row_seeds = [s * 1000 + j for s in seeds for j in range(n)]
     ids = sample_ids(model, rows, row_seeds, params, tokenizer.pad_token_id, tokenizer.eos_token_id)
-    texts = [_truncate_at_stop(tokenizer.decode(x, skip_special_tokens=True), params.stop) for x in ids]
+    texts = [truncate_at_stop(tokenizer.decode(x, skip_special_tokens=True), params.stop) for x in ids]
     return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]

@@ -5,10 +5,10 @@ FastAPI ingress in `lipo.serving.app` is their only caller. Concurrent requests 
 and the batch runs in a worker thread, so the replica's event loop keeps answering health checks meanwhile.
 
 Torch and transformers are imported inside the replicas only, so the ingress replica (and `lipo serve`'s driver)
-start without them. Sampling is `lipo.models.generate.sample_ids`, the same seeded sampler build-lists uses: choice j of prompt i with
-request seed s uses the generator seed (s + i) * 1000 + j, so `sample(model, tok, [prompt], n, [s + i], params)`
-reproduces the server's output, whichever other requests shared its batch. Scores are
-`lipo.models.reward.classify` / `pairwise_matrix`, so /v1/score equals `pointwise_rewards` on the same model.
+start without them. Sampling is `lipo.models.generate.sample_ids`, the seeded sampler build-lists uses: choice j
+of prompt i with request seed s uses the generator seed (s + i) * 1000 + j, so
+`sample(model, tok, [prompt], n, [s + i], params)` reproduces the server's output, whichever other requests shared
+its batch. Scores are `lipo.models.reward.classify` / `pairwise_matrix`, so /v1/score equals `pointwise_rewards`.
 
 `stats()` counts model calls; tests use it to show that rejected requests (401, 413, 422, 503) never reached a model.
 """
@@ -74,7 +74,7 @@ class PolicyModel:
 
     def _sample_jobs(self, jobs: list[dict]) -> list[dict]:
         from lipo.data.tokenize import encode_prompt
-        from lipo.models.generate import SamplingParams, _truncate_at_stop, sample_ids
+        from lipo.models.generate import SamplingParams, truncate_at_stop, sample_ids
 
         self.calls["generate_requests"] += len(jobs)
         rows = []  # (params, job index, prompt ids, seed), one per choice
@@ -86,7 +86,7 @@ class PolicyModel:
                 ids = encode_prompt(prompt, self.tok)[-self.cfg.max_prompt_tokens:]
                 prompt_tokens[ji] += len(ids)
                 rows += [(params, ji, ids, (job["seed"] + i) * 1000 + j) for j in range(job["n"])]
-        choices: list[list[dict]] = [[] for _ in jobs]
+        results: list[dict] = [{} for _ in rows]
         order = sorted(range(len(rows)), key=lambda r: repr(rows[r][0]))  # rows that share params share a pass
         for _, group in groupby(order, key=lambda r: repr(rows[r][0])):
             group = list(group)
@@ -96,12 +96,11 @@ class PolicyModel:
                              self.tok.pad_token_id, self.tok.eos_token_id)
             for r, ids in zip(group, out):
                 raw = self.tok.decode(ids, skip_special_tokens=True)
-                text = _truncate_at_stop(raw, params.stop)
+                text = truncate_at_stop(raw, params.stop)
                 done = len(ids) < params.max_new_tokens or text != raw  # EOS or a stop sequence
-                choices[rows[r][1]].append((r, {"text": text, "finish_reason": "stop" if done else "length",
-                                                "tokens": len(ids)}))
-        return [{"choices": [c for _, c in sorted(cs, key=lambda x: x[0])], "prompt_tokens": prompt_tokens[ji]}
-                for ji, cs in enumerate(choices)]
+                results[r] = {"text": text, "finish_reason": "stop" if done else "length", "tokens": len(ids)}
+        return [{"choices": [results[r] for r in range(len(rows)) if rows[r][1] == ji],
+                 "prompt_tokens": prompt_tokens[ji]} for ji in range(len(jobs))]
 
     async def logprobs(self, job: dict) -> dict:
         """job: prompt, responses -> {"logprobs": [summed log p(response + EOS | prompt)], "tokens": [counts]}."""

@@ -27,7 +27,7 @@ class PairStub(torch.nn.Module):
         self.unused = torch.nn.Parameter(torch.zeros(()))  # classify() reads the device from the parameters
 
     def forward(self, input_ids, attention_mask):
-        texts = [self.tokenizer.decode(ids[m.bool()]) for ids, m in zip(input_ids, attention_mask)]
+        texts = [self.tokenizer.decode(ids[m.bool()]) for ids, m in zip(input_ids, attention_mask, strict=True)]
         p = torch.tensor([RAW[tuple(t.split("|"))] for t in texts])
         return SimpleNamespace(logits=torch.log(p / (1 - p)).unsqueeze(-1))  # [N, 1]
 
