@@ -40,6 +40,8 @@ class DataConfig(Strict):
     on_invalid: Literal["error", "skip"] = "error"
     max_prompt_tokens: int = Field(512, ge=1)
     max_response_tokens: int = Field(256, ge=1)
+    # Shared-prefix packing of each list (prompt once, K responses), where the model family supports it.
+    packing: bool = True
 
 
 class ObjectiveConfig(Strict):

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from lipo.models.loading import load_tokenizer
+from lipo.models.packed_logps import batch_token_count
 from lipo.training import engine as eng
 from lipo.training.config import RewardTrainConfig, SFTConfig, TrainConfig
 from lipo.training.plan import BatchPlan
@@ -77,7 +78,7 @@ def train_loop(config: dict) -> None:
             engine.step()
             values = torch.tensor(list(m.values()), dtype=torch.float64)
             sums = values if sums is None else sums + values
-            tokens += int(batch["attention_mask"].sum())
+            tokens += batch_token_count(batch)
         # ---- log
         sums = torch.cat([sums, torch.tensor([tokens], dtype=torch.float64)])
         dist.all_reduce(sums)  # mean of the per-micro-batch means over ranks; tokens summed

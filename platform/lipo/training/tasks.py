@@ -20,6 +20,7 @@ from lipo.data.collate import collate_lists
 from lipo.losses import LOSSES, pair_logistic
 from lipo.models.loading import load_causal_lm, load_sequence_classifier
 from lipo.models.logps import sequence_logps
+from lipo.models.packed_logps import batch_logps, make_batch, supports_packing
 from lipo.training import engine as eng
 from lipo.training.metrics import ndcg, pairwise_accuracy, top_bottom_margin
 
@@ -46,25 +47,32 @@ def _causal_lm(cfg) -> torch.nn.Module:
 
 
 class ListwiseTask:
+    """Lists are packed (one shared prompt per list, `lipo.data.packing`) when `data.packing` is on and both the
+    policy and the reference support it; otherwise padded to [B, K, T]."""
+
     def __init__(self, cfg, pad_id: int, has_ref: bool):
         self.cfg, self.pad_id, self.has_ref = cfg, pad_id, has_ref
+        self.packing = cfg.data.packing
         fn = LOSSES[cfg.objective.name]
         if cfg.objective.name == "lambda":
             fn = functools.partial(fn, weight=cfg.objective.lambda_weight, normalize=cfg.objective.normalize)
         self.objective = fn
 
     def build_model(self):
-        return _causal_lm(self.cfg)
+        model = _causal_lm(self.cfg)
+        self.packing = self.packing and supports_packing(model)
+        return model
 
     def build_reference(self, world):
         if self.has_ref or self.cfg.model.lora:  # data carries ref_logps, or LoRA's base model is the reference
             return None
         m = self.cfg.model
-        return eng.build_reference(load_causal_lm(m.reference or m.path, "float32", m.attn_implementation),
-                                   self.cfg, world)
+        ref = load_causal_lm(m.reference or m.path, "float32", m.attn_implementation)
+        self.packing = self.packing and supports_packing(ref)
+        return eng.build_reference(ref, self.cfg, world)
 
     def collate(self, items):
-        return collate_lists(items, self.pad_id)
+        return make_batch(items, self.pad_id, self.packing)
 
     def reference_logps(self, engine, ref, batch) -> torch.Tensor:
         if "ref_logps" in batch:
@@ -72,11 +80,11 @@ class ListwiseTask:
         with torch.no_grad():
             if ref is None:  # LoRA: the reference is the base model with the adapter switched off
                 with engine.module.disable_adapter():
-                    return sequence_logps(engine, batch)
-            return sequence_logps(ref, batch)
+                    return batch_logps(engine, batch)
+            return batch_logps(ref, batch)
 
     def loss(self, engine, ref, batch):
-        log_ratio = sequence_logps(engine, batch) - self.reference_logps(engine, ref, batch)  # [B, K]
+        log_ratio = batch_logps(engine, batch) - self.reference_logps(engine, ref, batch)  # [B, K]
         scores, labels, mask = self.cfg.objective.beta * log_ratio, batch["labels"], batch["list_mask"]
         loss = self.objective(scores, labels, mask)
         s = scores.detach()
