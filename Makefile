@@ -10,10 +10,10 @@ $(VENV)/bin/activate:
 
 venv: $(VENV)/bin/activate
 
-# Install lipo and run the main job end to end on the embedded default.
+# Install lipo and run the whole pipeline end to end on the embedded default (configs/quickstart.yaml).
 quickstart: venv
 	$(PIP) install -q -e .
-	$(VENV)/bin/lipo train configs/train_example.yaml
+	$(VENV)/bin/lipo run
 
 # Install lipo with its test extras and run the whole test suite (slow tests included).
 test: venv

@@ -10,6 +10,7 @@ logs them to an MLflow parent run whose child runs are the individual trainings 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from lipo.pipeline.config import PipelineConfig
 
@@ -23,6 +24,7 @@ def variants(cfg: PipelineConfig, full_k: int) -> list[tuple[str, int]]:
 
 def run(cfg: PipelineConfig) -> list[dict]:
     from lipo import tracking
+    from lipo.config import config_hash
     from lipo.pipeline.ablation import subsample_lists
     from lipo.pipeline.report import write_report
     from lipo.pipeline.stages import run_once
@@ -35,18 +37,19 @@ def run(cfg: PipelineConfig) -> list[dict]:
     rows = []
     for obj, k in variants(cfg, full_k):
         tag = f"{obj}-k{k}"
-        lists = p["lists"] if k >= full_k else p["root"] / f"lists-k{k}" / "lists.parquet"
+        built = Path(stages["build_lists"].output.dir)
+        lists = built if k >= full_k else built.with_name(f"{built.name}-k{k}") / "lists.parquet"
         if k < full_k and not lists.exists():
-            subsample_lists(p["lists"], k, lists, seed=stages["train"].seed)
+            subsample_lists(built, k, lists, seed=stages["train"].seed)
         tcfg = stages["train"].model_copy(deep=True)
-        tcfg.run_name = f"{cfg.name}-{tag}"
         tcfg.objective.name = obj
         tcfg.data.train = [str(lists)]
+        tcfg.run_name = f"{cfg.name}-{tag}-{config_hash(tcfg.model_copy(update={'run_name': None}))[:8]}"
         tr = run_once(p["root"], f"train-{tag}", tcfg,
                       lambda: train_summary(train.run(tcfg, parent_run_id=parent)), skipped)
         ecfg = stages["evaluate"].model_copy(deep=True)
-        ecfg.run_name = f"{cfg.name}-eval-{tag}"
         ecfg.serve.policy.model = tr["model_dir"]
+        ecfg.run_name = f"{cfg.name}-eval-{tag}-{config_hash(ecfg.model_copy(update={'run_name': None}))[:8]}"
         ev = run_once(p["root"], f"eval-{tag}", ecfg, lambda: eval_summary(evaluate.run(ecfg)), skipped)
         rows.append({"objective": obj, "K": k, **{key: ev["metrics"].get(key) for key in (
             "eval/win_rate", "eval/win_rate_ci_low", "eval/win_rate_ci_high", "eval/fn_win_rate",

@@ -50,6 +50,7 @@ def launch(cfg, task: str, fault: dict | None = None, parent_run_id: str | None 
     tracking.log_metrics(uri, run_id, prep.metrics, 0)
 
     ensure_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False  # workers read the whole set once; no bars
     check_shared_storage(cfg.output_dir)  # multi-node runs need checkpoints on shared storage
     sc = cfg.scaling
     trainer = TorchTrainer(

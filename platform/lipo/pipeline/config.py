@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from lipo.config import Strict, format_validation_error
+from lipo.config import Strict, config_hash, format_validation_error
 from lipo.errors import ConfigError
 from lipo.losses import ObjectiveName
 
@@ -73,9 +73,7 @@ def paths(cfg: PipelineConfig) -> dict[str, Path]:
     root = Path(cfg.output_dir).expanduser().resolve()
     world = root / "world"
     return {"root": root, "world": world, "demos": world / "demos.jsonl", "rm_lists": world / "rm_lists.jsonl",
-            "prompts": world / "prompts.jsonl", "eval_prompts": world / "eval_prompts.jsonl",
-            "sft_model": root / f"{cfg.name}-sft" / "model", "rm_model": root / f"{cfg.name}-rm" / "model",
-            "lists": root / "lists", "policy_model": root / f"{cfg.name}-lipo" / "model"}
+            "prompts": world / "prompts.jsonl", "eval_prompts": world / "eval_prompts.jsonl"}
 
 
 def _validate(model: type[BaseModel], tree: dict, section: str) -> BaseModel:
@@ -85,53 +83,72 @@ def _validate(model: type[BaseModel], tree: dict, section: str) -> BaseModel:
         raise ConfigError(format_validation_error(exc, f"section '{section}'")) from None
 
 
+def _named(model: type[BaseModel], derived: dict, user: dict, section: str, prefix: str) -> BaseModel:
+    """Validate, then name the run `<prefix>-<hash of its config>` unless the user named it.
+
+    A stage's run name (and so its Ray Train run and output directory) is tied to its config: a changed config is a
+    new run rather than a resume of the old one, and an unchanged one resumes or is skipped.
+    """
+    cfg = _validate(model, deep_merge(derived, user), section)
+    if "run_name" in user:
+        return cfg
+    cfg.run_name = f"{prefix}-{config_hash(cfg)[:8]}"
+    return cfg
+
+
+def model_dir(stage_cfg: BaseModel) -> str:
+    return str(Path(stage_cfg.output_dir).expanduser().resolve() / stage_cfg.run_name / "model")
+
+
 def resolve(cfg: PipelineConfig, tracking_uri: str) -> dict[str, BaseModel]:
     """One validated config per stage, wired together; stages set to null are left out."""
     from lipo.evaluation.config import EvalConfig
-    from lipo.lists.config import BuildListsConfig
+    from lipo.lists.config import BuildListsConfig, identity_hash
     from lipo.training.config import RewardTrainConfig, SFTConfig, TrainConfig
 
-    p, root, world = paths(cfg), str(paths(cfg)["root"]), cfg.world is not None
+    p, world = paths(cfg), cfg.world is not None
+    root = str(p["root"])
     track = {"uri": tracking_uri, "experiment": cfg.experiment}
     stages: dict[str, BaseModel] = {}
     if cfg.sft is not None:
-        derived = {"run_name": f"{cfg.name}-sft", "output_dir": root, "tracking": track,
-                   "data": {"train": [str(p["demos"])] if world else []}}
-        stages["sft"] = _validate(SFTConfig, deep_merge(derived, cfg.sft), "sft")
+        derived = {"output_dir": root, "tracking": track, "data": {"train": [str(p["demos"])] if world else []}}
+        stages["sft"] = _named(SFTConfig, derived, cfg.sft, "sft", f"{cfg.name}-sft")
     if cfg.reward_model is not None:
-        derived = {"run_name": f"{cfg.name}-rm", "output_dir": root, "tracking": track,
-                   "data": {"train": [str(p["rm_lists"])] if world else []}}
-        stages["reward_model"] = _validate(RewardTrainConfig, deep_merge(derived, cfg.reward_model), "reward_model")
-    sft_model = str(p["sft_model"]) if cfg.sft is not None else None
+        derived = {"output_dir": root, "tracking": track, "data": {"train": [str(p["rm_lists"])] if world else []}}
+        stages["reward_model"] = _named(RewardTrainConfig, derived, cfg.reward_model, "reward_model", f"{cfg.name}-rm")
+    sft_model = model_dir(stages["sft"]) if "sft" in stages else None
     rm = stages.get("reward_model")
-    derived = {"input": {"prompts": [str(p["prompts"])] if world else []},
-               "output": {"dir": str(p["lists"])},
-               "tracking": {**track, "run_name": f"{cfg.name}-build-lists"}}
+    derived = {"input": {"prompts": [str(p["prompts"])] if world else []}, "output": {"dir": ""},
+               "tracking": {**track}}
     if sft_model:
         derived["generate"] = {"model": sft_model}
     if rm is not None:
-        derived["score"] = {"name": rm.reward.kind, "model": str(p["rm_model"])}
+        derived["score"] = {"name": rm.reward.kind, "model": model_dir(rm)}
         derived["label"] = {"method": "winrate" if rm.reward.kind == "pairwise" else "minmax"}
-    stages["build_lists"] = _validate(BuildListsConfig, deep_merge(derived, cfg.build_lists), "build_lists")
-    bl = stages["build_lists"]
-    derived = {"run_name": f"{cfg.name}-lipo", "output_dir": root, "tracking": track,
-               "data": {"train": [str(p["lists"])], "max_prompt_tokens": bl.input.max_prompt_tokens}}
+    bl = _validate(BuildListsConfig, deep_merge(derived, cfg.build_lists), "build_lists")
+    if "dir" not in cfg.build_lists.get("output", {}):
+        bl.output.dir = str(p["root"] / f"lists-{identity_hash(bl)[:8]}")
+    if "run_name" not in cfg.build_lists.get("tracking", {}):
+        bl.tracking.run_name = f"{cfg.name}-build-lists-{identity_hash(bl)[:8]}"
+    stages["build_lists"] = bl
+    derived = {"output_dir": root, "tracking": track,
+               "data": {"train": [bl.output.dir], "max_prompt_tokens": bl.input.max_prompt_tokens}}
     if sft_model:
         derived["model"] = {"path": sft_model}
     if bl.reference is not None:
         derived["data"]["max_response_tokens"] = bl.reference.max_response_tokens
-    stages["train"] = _validate(TrainConfig, deep_merge(derived, cfg.train), "train")
-    serve: dict[str, Any] = {"policy": {"model": str(p["policy_model"]), "name": "policy"}, "tracking_uri": tracking_uri}
+    stages["train"] = _named(TrainConfig, derived, cfg.train, "train", f"{cfg.name}-lipo")
+    serve: dict[str, Any] = {"policy": {"model": model_dir(stages["train"]), "name": "policy"},
+                             "tracking_uri": tracking_uri}
     if sft_model:
         serve["baseline"] = {"model": sft_model, "name": "sft"}
     if rm is not None:
-        serve["reward"] = {"model": str(p["rm_model"]), "kind": rm.reward.kind,
+        serve["reward"] = {"model": model_dir(rm), "kind": rm.reward.kind,
                            "pair_template": rm.reward.pair_template, "max_tokens": rm.reward.max_tokens}
-    derived = {"run_name": f"{cfg.name}-eval", "output_dir": root, "serve": serve,
-               "data": {"prompts": [str(p["eval_prompts"])] if world else []},
-               "baseline": "model" if sft_model else "auto",
-               "tracking": {"uri": tracking_uri, "experiment": cfg.experiment}}
+    derived = {"output_dir": root, "serve": serve, "data": {"prompts": [str(p["eval_prompts"])] if world else []},
+               "baseline": "model" if sft_model else "auto", "tracking": {"uri": tracking_uri,
+                                                                           "experiment": cfg.experiment}}
     if world:
         derived["judge"] = {"function": "lipo.bootstrap.copytask:gold_reward"}
-    stages["evaluate"] = _validate(EvalConfig, deep_merge(derived, cfg.evaluate), "evaluate")
+    stages["evaluate"] = _named(EvalConfig, derived, cfg.evaluate, "evaluate", f"{cfg.name}-eval")
     return stages

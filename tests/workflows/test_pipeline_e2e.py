@@ -1,0 +1,102 @@
+"""`lipo run` and `lipo compare` end to end at a small size: the quickstart config with shrunken world and budgets.
+
+The same config file as the README's quickstart runs here; only sizes are overridden, so CI covers the whole
+pipeline (bootstrap -> sft -> train-rm -> build-lists -> train -> serve + evaluate -> register) once.
+"""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lipo import tracking
+from lipo.config import load_config
+from lipo.pipeline.config import PipelineConfig
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+SMALL = ["world.n_demos=64", "world.n_rm_lists=48", "world.n_prompts=16", "world.n_eval=8",
+         "sft.optim.max_steps=20", "reward_model.optim.max_steps=20", "train.optim.epochs=1",
+         "evaluate.bootstrap.resamples=200"]
+
+
+def lipo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lipo.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=1500)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """One small quickstart in a subprocess (as a user runs it), then the same command again."""
+    work = tmp_path_factory.mktemp("pipeline")
+    args = ["run", str(REPO / "configs" / "quickstart.yaml"), f"output_dir={work}/runs", "name=qs", *SMALL]
+    first = lipo(*args, cwd=work)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = lipo(*args, cwd=work)
+    assert second.returncode == 0, second.stderr[-3000:]
+    return work, first, second
+
+
+def test_pipeline_reports_win_rates_and_where_to_look(small_run):
+    work, first, _ = small_run
+    out = first.stdout
+    for line in ("win rate vs SFT, proxy reward model:", "win rate vs SFT, gold reward:", "MLflow UI:", "model:",
+                 "report:"):
+        assert line in out, out[-2000:]
+    assert out.strip().splitlines()[-1].startswith("report:")  # the last lines say where to look
+    cfg = load_config(PipelineConfig, REPO / "configs" / "quickstart.yaml", [f"output_dir={work}/runs", "name=qs"])
+    uri = tracking.resolve_uri(None, cfg.output_dir)
+    c = tracking.client(uri)
+    [parent] = c.search_runs([c.get_experiment_by_name("lipo").experiment_id],
+                             "tags.mlflow.runName = 'qs' and tags.`lipo.stage` = 'pipeline'")
+    m = parent.data.metrics
+    for prefix in ("summary/", "summary/fn_"):
+        assert m[f"{prefix}win_rate_ci_low"] <= m[f"{prefix}win_rate"] <= m[f"{prefix}win_rate_ci_high"]
+    assert 0.0 <= m["summary/reward_model_heldout_pair_accuracy"] <= 1.0
+    children = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    stages = sorted(r.data.tags["lipo.stage"] for r in children)
+    assert stages == ["build-lists", "eval", "lipo", "reward_pointwise", "sft"], stages
+    # The policy is registered, and its alias resolves to the trained model (what `lipo serve` loads).
+    from lipo.serving.model_source import resolve as resolve_model
+
+    version = c.get_model_version_by_alias("lipo-quickstart", "champion")
+    train_run = next(r for r in children if r.data.tags["lipo.stage"] == "lipo")
+    assert version.run_id == train_run.info.run_id
+    local = Path(resolve_model("models:/lipo-quickstart@champion", uri, str(work / "cache")))
+    assert (local / "model.safetensors").is_file() and (local / "config.json").is_file()
+
+
+def test_rerun_skips_finished_stages_and_says_so(small_run):
+    _, _, second = small_run
+    for stage in ("world", "sft", "reward_model", "build_lists", "train", "evaluate", "register"):
+        assert f"skip {stage}: finished earlier" in second.stdout, second.stdout[-2000:]
+    assert "===== stage:" not in second.stdout
+
+
+def test_compare_writes_report_and_child_runs(small_run):
+    work, _, _ = small_run
+    args = ["compare", str(REPO / "configs" / "quickstart.yaml"), f"output_dir={work}/runs", "name=qs", *SMALL,
+            "compare.objectives=[lambda, pair_logistic]", "compare.ablation_objectives=[lambda]",
+            "compare.list_sizes=[2, 4]"]
+    proc = lipo(*args, cwd=work)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skip build_lists: finished earlier" in proc.stdout  # the lists are shared with the pipeline run
+    out = work / "runs" / "compare"
+    rows = list(csv.DictReader(open(out / "report.csv")))
+    assert sorted((r["objective"], r["K"]) for r in rows) == [("lambda", "2"), ("lambda", "4"), ("pair_logistic", "4")]
+    report = (out / "report.md").read_text()
+    assert "| lambda (LiPO) |" in report and "| pair-logistic |" in report and "K=2" in report
+    assert (out / "winrate_vs_k.png").stat().st_size > 1000
+    uri = tracking.resolve_uri(None, str(work / "runs"))
+    c = tracking.client(uri)
+    [parent] = c.search_runs([c.get_experiment_by_name("lipo").experiment_id],
+                             "tags.mlflow.runName = 'qs-compare' and tags.`lipo.stage` = 'compare'")
+    children = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sum(r.data.tags["lipo.stage"] == "lipo" for r in children) == 3
+    assert sum(r.data.tags["lipo.stage"] == "eval" for r in children) == 3
+    arts = {a.path for a in c.list_artifacts(parent.info.run_id, "compare")}
+    assert {"compare/report.md", "compare/report.csv", "compare/winrate_vs_k.png"} <= arts
