@@ -59,7 +59,8 @@ def run(cfg: PipelineConfig) -> dict:
     res["evaluate"] = run_once(p["root"], "evaluate", stages["evaluate"],
                                lambda: eval_summary(evaluate.run(stages["evaluate"])), skipped)
     if cfg.register.name:
-        res["register"] = run_once(p["root"], "register", cfg.register, lambda: register_model(
+        what = {**cfg.register.model_dump(), "train_run_id": res["train"]["run_id"]}  # a new policy registers anew
+        res["register"] = run_once(p["root"], "register", what, lambda: register_model(
             uri, res["train"]["run_id"], cfg.register.name, cfg.register.alias), skipped)
     summary = report_summary(uri, parent, cfg, res, skipped)
     tracking.finish_run(uri, parent)

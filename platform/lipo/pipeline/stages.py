@@ -4,6 +4,7 @@ result, and a rerun with the same stage config skips it (and says so). A changed
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -17,10 +18,17 @@ def _marker(root: Path, stage: str) -> Path:
     return root / ".done" / f"{stage}.json"
 
 
-def run_once(root: Path, stage: str, cfg: BaseModel | None, fn: Callable[[], dict[str, Any]],
+def _digest(cfg: BaseModel | dict) -> str:
+    if isinstance(cfg, BaseModel):
+        return config_hash(cfg)
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_once(root: Path, stage: str, cfg: BaseModel | dict, fn: Callable[[], dict[str, Any]],
              skipped: list[str]) -> dict[str, Any]:
-    """`fn()` unless `stage` already finished with this exact config; returns the (stored) result dict."""
-    marker, digest = _marker(root, stage), config_hash(cfg) if cfg is not None else "-"
+    """`fn()` unless `stage` already finished with this exact config (a model, or a dict of what decides the
+    result); returns the (stored) result dict."""
+    marker, digest = _marker(root, stage), _digest(cfg)
     if marker.is_file():
         done = json.loads(marker.read_text())
         if done.get("config_hash") == digest:
