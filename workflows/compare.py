@@ -32,6 +32,10 @@ def run(cfg: PipelineConfig) -> list[dict]:
     from workflows.pipeline import eval_summary, train_summary, upstream
 
     p, uri, stages, parent, res, skipped = upstream(cfg, f"{cfg.name}-compare", "compare")
+    if stages["evaluate"].server.url:
+        from lipo.errors import ConfigError
+
+        raise ConfigError("evaluate.server.url: compare serves each trained policy itself; leave it unset")
     full_k = stages["build_lists"].generate.num_candidates if stages["build_lists"].generate else max(
         cfg.compare.list_sizes)
     rows = []
@@ -49,6 +53,7 @@ def run(cfg: PipelineConfig) -> list[dict]:
                       lambda: train_summary(train.run(tcfg, parent_run_id=parent)), skipped)
         ecfg = stages["evaluate"].model_copy(deep=True)
         ecfg.serve.policy.model = tr["model_dir"]
+        ecfg.tracking.train_run_id = tr["run_id"]
         ecfg.run_name = f"{cfg.name}-eval-{tag}-{config_hash(ecfg.model_copy(update={'run_name': None}))[:8]}"
         ev = run_once(p["root"], f"eval-{tag}", ecfg, lambda: eval_summary(evaluate.run(ecfg)), skipped)
         rows.append({"objective": obj, "K": k, **{key: ev["metrics"].get(key) for key in (

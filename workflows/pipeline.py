@@ -56,6 +56,7 @@ def run(cfg: PipelineConfig) -> dict:
     p, uri, stages, parent, res, skipped = upstream(cfg, cfg.name, "pipeline")
     res["train"] = run_once(p["root"], "train", stages["train"],
                             lambda: train_summary(train.run(stages["train"], parent_run_id=parent)), skipped)
+    stages["evaluate"].tracking.train_run_id = res["train"]["run_id"]  # links the runs; a new policy re-evaluates
     res["evaluate"] = run_once(p["root"], "evaluate", stages["evaluate"],
                                lambda: eval_summary(evaluate.run(stages["evaluate"])), skipped)
     if cfg.register.name:

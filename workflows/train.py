@@ -77,7 +77,8 @@ def launch(cfg, task: str, fault: dict | None = None, parent_run_id: str | None 
         follow(trainer.fit, sink, on_metrics, desc=f"{task} {prep.run_name}")
     except Exception as exc:
         tracking.finish_run(uri, run_id, "FAILED")
-        raise LipoError(f"training run '{prep.run_name}' failed: {str(exc).strip().splitlines()[-1]}") from exc
+        last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise LipoError(f"training run '{prep.run_name}' failed: {last}") from exc
     tracking.log_artifacts(uri, run_id, prep.model_dir, "model")
     tracking.finish_run(uri, run_id)
     print(f"[lipo] model: {prep.model_dir}\n[lipo] mlflow: run '{prep.run_name}' in {uri}", flush=True)

@@ -40,7 +40,11 @@ def open_run(uri: str, experiment: str, run_name: str, stage: str, parent_run_id
     """(run_id, created): the run named `run_name` for `stage`, created if it does not exist yet."""
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else c.create_experiment(experiment)
+    # Keep a local store's artifacts next to its database, not in ./mlruns of whatever directory we run from.
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    exp_id = exp.experiment_id if exp else c.create_experiment(experiment, artifact_location=location)
     found = c.search_runs(
         [exp_id], filter_string=f"tags.mlflow.runName = '{run_name}' and tags.`{STAGE_TAG}` = '{stage}'",
         max_results=1,

@@ -182,7 +182,8 @@ def execute(plan: Plan, on_shard: Callable[[int, dict], None] | None = None) -> 
         message = _user_message(exc)
         if message is not None:
             raise LipoError(message) from exc
-        raise LipoError(f"build-lists pipeline failed: {str(exc).strip().splitlines()[-1]}") from exc
+        last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise LipoError(f"build-lists pipeline failed: {last}") from exc
     finally:
         bar.close()
     if buffers or done != len(plan.shards):

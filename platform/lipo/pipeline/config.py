@@ -126,27 +126,31 @@ def resolve(cfg: PipelineConfig, tracking_uri: str) -> dict[str, BaseModel]:
         derived["score"] = {"name": rm.reward.kind, "model": model_dir(rm)}
         derived["label"] = {"method": "winrate" if rm.reward.kind == "pairwise" else "minmax"}
     bl = _validate(BuildListsConfig, deep_merge(derived, cfg.build_lists), "build_lists")
-    if "dir" not in cfg.build_lists.get("output", {}):
+    if "dir" not in (cfg.build_lists.get("output") or {}):
         bl.output.dir = str(p["root"] / f"lists-{identity_hash(bl)[:8]}")
-    if "run_name" not in cfg.build_lists.get("tracking", {}):
+    if "run_name" not in (cfg.build_lists.get("tracking") or {}):
         bl.tracking.run_name = f"{cfg.name}-build-lists-{identity_hash(bl)[:8]}"
     stages["build_lists"] = bl
     derived = {"output_dir": root, "tracking": track,
                "data": {"train": [bl.output.dir], "max_prompt_tokens": bl.input.max_prompt_tokens}}
-    if sft_model:
-        derived["model"] = {"path": sft_model}
+    policy_start = sft_model or bl.reference_model or (bl.generate.model if bl.generate else None)
+    if policy_start:  # the lists' ref_logps came from this model, so training must start from it too
+        derived["model"] = {"path": policy_start}
     if bl.reference is not None:
         derived["data"]["max_response_tokens"] = bl.reference.max_response_tokens
     stages["train"] = _named(TrainConfig, derived, cfg.train, "train", f"{cfg.name}-lipo")
     serve: dict[str, Any] = {"policy": {"model": model_dir(stages["train"]), "name": "policy"},
                              "tracking_uri": tracking_uri}
-    if sft_model:
-        serve["baseline"] = {"model": sft_model, "name": "sft"}
+    if policy_start:
+        serve["baseline"] = {"model": policy_start, "name": "sft"}
     if rm is not None:
         serve["reward"] = {"model": model_dir(rm), "kind": rm.reward.kind,
                            "pair_template": rm.reward.pair_template, "max_tokens": rm.reward.max_tokens}
+    elif bl.score.name in ("pointwise", "pairwise"):  # judge with the reward model that labelled the lists
+        serve["reward"] = {"model": bl.score.model, "kind": bl.score.name, "max_tokens": bl.score.max_tokens,
+                           **({"pair_template": bl.score.pair_template} if bl.score.pair_template else {})}
     derived = {"output_dir": root, "serve": serve, "data": {"prompts": [str(p["eval_prompts"])] if world else []},
-               "baseline": "model" if sft_model else "auto", "tracking": {"uri": tracking_uri,
+               "baseline": "model" if policy_start else "auto", "tracking": {"uri": tracking_uri,
                                                                            "experiment": cfg.experiment}}
     if world:
         derived["judge"] = {"function": "lipo.bootstrap.copytask:gold_reward"}

@@ -49,6 +49,9 @@ class ObjectiveConfig(Strict):
     beta: float = Field(0.05, gt=0)
     lambda_weight: LambdaWeightName = "dcg"
     normalize: bool = False
+    # Optional NLL (per token) of each list's best-labelled response, added with this weight. 0 is the paper's
+    # pure ranking loss; > 0 keeps the likelihood of good responses from sinking along with the bad ones.
+    sft_weight: float = Field(0.0, ge=0)
 
 
 class OptimConfig(Strict):

@@ -20,6 +20,7 @@ from lipo.data.collate import collate_lists
 from lipo.losses import LOSSES, pair_logistic
 from lipo.models.loading import load_causal_lm, load_sequence_classifier
 from lipo.models.logps import sequence_logps
+from lipo.data.packing import is_packed
 from lipo.models.packed_logps import batch_logps, make_batch, supports_packing
 from lipo.training import engine as eng
 from lipo.training.metrics import ndcg, pairwise_accuracy, top_bottom_margin
@@ -84,14 +85,36 @@ class ListwiseTask:
             return batch_logps(ref, batch)
 
     def loss(self, engine, ref, batch):
-        log_ratio = batch_logps(engine, batch) - self.reference_logps(engine, ref, batch)  # [B, K]
+        logps = batch_logps(engine, batch)  # [B, K]
+        log_ratio = logps - self.reference_logps(engine, ref, batch)  # [B, K]
         scores, labels, mask = self.cfg.objective.beta * log_ratio, batch["labels"], batch["list_mask"]
-        loss = self.objective(scores, labels, mask)
+        rank_loss = self.objective(scores, labels, mask)
+        nll = best_response_nll(logps, labels, mask, response_lengths(batch))
+        loss = rank_loss + self.cfg.objective.sft_weight * nll
         s = scores.detach()
-        return loss, {"loss": loss.item(), "ndcg": ndcg(s, labels, mask).item(),
+        return loss, {"loss": loss.item(), "rank_loss": rank_loss.item(), "best_nll": nll.item(),
+                      "ndcg": ndcg(s, labels, mask).item(),
                       "pair_accuracy": pairwise_accuracy(s, labels, mask).item(),
                       "margin": top_bottom_margin(s, labels, mask).item(),
                       "log_ratio": log_ratio.detach()[mask].mean().item()}
+
+
+def response_lengths(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[B, K] number of scored tokens of each response, for packed and padded batches alike."""
+    B, K = batch["list_mask"].shape
+    if is_packed(batch):
+        return torch.bincount(batch["target_slot"], minlength=B * K).view(B, K)
+    return batch["response_mask"].sum(-1)
+
+
+def best_response_nll(logps: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+                      lengths: torch.Tensor) -> torch.Tensor:
+    """Mean over lists of -log p(best response) / its length; the best is the highest label (first on ties)."""
+    masked = labels.masked_fill(~mask, float("-inf"))  # [B, K]
+    best = masked.argmax(-1, keepdim=True)  # [B, 1]
+    per_token = -logps.gather(-1, best).squeeze(-1) / lengths.gather(-1, best).squeeze(-1).clamp(min=1)  # [B]
+    has_any = mask.any(-1)
+    return per_token[has_any].mean() if bool(has_any.any()) else logps.sum() * 0.0
 
 
 class SFTTask:
