@@ -17,7 +17,8 @@ from lipo import tracking
 from lipo.config import load_config
 from lipo.pipeline.config import PipelineConfig
 
-pytestmark = pytest.mark.slow
+# The module fixture runs the pipeline twice in subprocesses: allow more than the default per-test timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["world.n_demos=64", "world.n_rm_lists=48", "world.n_prompts=16", "world.n_eval=8",
          "sft.optim.max_steps=20", "reward_model.optim.max_steps=20", "train.optim.epochs=1",
