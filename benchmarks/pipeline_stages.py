@@ -1,41 +1,46 @@
 """Per-actor throughput of the build-lists stages through Ray Data vs a plain loop over the same model.
 
-Run: /work/venv/bin/python benchmarks/pipeline_stages.py        (about 4 minutes of wall time on the dev VM)
+Run: /work/venv/bin/python benchmarks/pipeline_stages.py        (3 to 5 minutes of wall time on the dev VM)
 Writes benchmarks/results/pipeline_stages.json and pipeline_stages.md.
 
 For each stage of `lipo build-lists` (generate -> reference log-probs -> score), the same blocks are processed two
-ways, alternately (REPS rounds per stage, the first side swapped every round):
+ways, alternately:
 
 - **ray**: the stage's own actor class (`lipo.lists.stages.GenerateStage` / `ReferenceStage` / `ScoreStage`) through
-  the pipeline's own `map_batches` call (`lipo.lists.pipeline._map`) on ONE actor (`ActorPoolStrategy(size=1)`,
-  `num_cpus=1`), fed one block per shard of `work_table` rows and drained with `iter_batches` as
-  `pipeline.execute` does. Each round is a new Ray Data execution, so a new actor. The class is subclassed only to
-  (a) run one warm-up pass over WARMUP_BLOCKS blocks at the end of its constructor and stamp the moment it is warm,
-  and (b) stamp the start and end of each call. Timed: from "warm" to the arrival of the last output block at the
-  driver. That includes all of Ray's per-block work (object store, task dispatch, Arrow <-> Python rows in the
-  stage, output transfer) and excludes the actor's start-up (process, imports, model load), reported apart.
-- **plain**: a loop in this process over the same micro-batches, calling the functions the actors call:
-  `lipo.models.generate.sample`; `lipo.data.tokenize.tokenize_list` + `lipo.models.packed_logps.score_lists`;
-  `lipo.models.reward.pointwise_text` + `classify`. The batches' Python inputs are extracted before timing, so the
-  plain loop does strictly less than the actor (no Arrow tables, no drops/events bookkeeping, no labels). Its
-  outputs are checked against the actor's (identical samples; max |diff| of log-probs and rewards recorded).
+  the pipeline's own `map_batches` call (`lipo.lists.pipeline._map`: one block per task, `batch_format="pyarrow"`)
+  on ONE actor (`ActorPoolStrategy(size=1)`, `num_cpus=1`), fed one block per shard of `work_table` rows and
+  drained with `iter_batches` as `pipeline.execute` does. One Ray Data execution per stage runs ROUNDS + 1 passes
+  over the blocks: pass 0 is the warm-up (the actor's first calls); each later pass is timed from the driver's go
+  signal to the arrival of the pass's last output block at the driver, so it holds all of Ray's per-block work
+  (object store, task dispatch, Arrow <-> Python rows in the stage, output transfer). The actor's start-up (new
+  process, imports, model load) is outside every pass and reported apart. The class is subclassed for two things
+  only: a gate (the first block of pass r waits for a file the driver creates when its plain pass is over, so the two
+  never overlap) and stamps (constructor, and start/end wall and CPU time of every call, appended to a file).
+- **plain**: a loop in this process, run after each Ray pass, over the same micro-batches, calling the functions the
+  actors call: `lipo.models.generate.sample`; `lipo.data.tokenize.tokenize_list` + `score_lists`
+  (`lipo.models.packed_logps`); `lipo.models.reward.pointwise_text` + `classify`. The batches' Python inputs are
+  extracted before timing, so the plain loop does strictly less than the actor (no Arrow tables, no drops/events
+  bookkeeping, no labels). The last pass's outputs are checked against the actor's (identical samples; the max
+  |difference| of log-probs and rewards is recorded).
 
-Reported: medians; overhead = ray / plain - 1 (target < 15%). Ray's extra time is split, from the call stamps, into
-time inside the stage's calls beyond the plain loop, the actor's idle gaps between calls (Ray Data's per-block
-costs), and a fixed part per execution (waiting for the first task, the last block's trip to the driver), which a
-real build (one execution over all shards) pays once.
+Reported: medians over the ROUNDS passes; overhead = ray / plain - 1 (target < 15%). From the call stamps, Ray's
+extra time is split into: time inside the stage's calls beyond the plain loop; the actor's idle gaps between calls
+(Ray Data's per-block costs); and a fixed part per pass (the go signal reaching the actor, the last block's trip to
+the driver) that a real build, one execution over all shards, pays once; "w/o fixed" leaves it out.
 
 Timer: wall clock, because the actor's work runs in another process; so unlike the other benchmarks, load from other
-jobs on the machine is NOT filtered out. To judge it: the 1-minute load average at each round, and the plain loop's
-wall / CPU ratio (1.0 on an idle core; above 1 it waited for a core). Also recorded: the CPU seconds of every process
-of the local Ray session (driver, raylet, GCS, Ray Data's helper actors, the stage actor) over the timed window, vs
-the plain loop's CPU seconds: Ray's background processes run on the same 2 cores.
+jobs is NOT filtered out. To judge it, each pass records the 1-minute load average and the plain loop's wall / CPU
+ratio (1.0 on an idle core; above 1 it waited for a core). Load-robust views in CPU seconds are reported too: the
+actor process's CPU over a pass (its calls plus Ray Data's work in the actor between them) vs the plain loop's CPU
+("actor CPU overhead"), and the CPU of the rest of the Ray session (driver, raylet, GCS, Ray Data's helper actors)
+per block, which on a 2-core machine competes with the actor for a core.
 
 Workload: the quickstart's "Copy: xyz" prompts (`lipo.bootstrap.copytask.make_world`), N_PROMPTS of them in shards of
 SHARD_SIZE, micro-batches of BATCH_SIZE prompts, K candidates of at most MAX_NEW_TOKENS tokens, a pointwise reward
 model. Two model sizes: the builtin tiny models (`builtin:tiny-llama`, `builtin:tiny-reward`: width 64, 2 layers),
 and the benchmarks' small Llama (width 256, 4 layers; a reward model of the same shape) saved as Hugging Face
-directories and loaded by path, as a real checkpoint would be.
+directories and loaded by path, as a real checkpoint would be. Environment knobs: BENCH_PROMPTS, BENCH_SHARD_SIZE,
+BENCH_ROUNDS, BENCH_MODELS (e.g. "builtin").
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ from lipo.models.reward import classify, pointwise_text  # noqa: E402
 from lipo.models.reward_loading import load_reward_model  # noqa: E402
 
 N_PROMPTS = int(os.environ.get("BENCH_PROMPTS", 128))
-SHARD_SIZE = 16  # prompts per block (the pipeline's output.shard_size)
+SHARD_SIZE = int(os.environ.get("BENCH_SHARD_SIZE", 64))  # prompts per block: output.shard_size, its default
 BATCH_SIZE = 8  # prompts per model call inside the actor (resources.<stage>.batch_size, the default)
 K = 4
 MAX_NEW_TOKENS = 8  # the copy task's answers are 4-6 letters and a newline
@@ -220,7 +225,7 @@ def gated(stage_cls: type, mark: str) -> type:
             if r < self._round:
                 raise RuntimeError(f"block of round {r} after round {self._round}: blocks arrived out of order")
             if r > self._round:
-                deadline = _time.time() + 600
+                deadline = _time.time() + 300
                 while not os.path.exists(f"{mark}.go{r}"):
                     if _time.time() > deadline:
                         raise RuntimeError(f"no go signal for round {r}")
@@ -259,7 +264,9 @@ def run_stage(stage: str, cfg: BuildListsConfig, blocks: list[pa.Table], plain: 
     t = {k: [] for k in ("plain_wall_s", "plain_cpu_s", "loadavg_1min")}
     go, end, cpu_go, cpu_end, last_rows = {}, {}, {}, {}, []
     t_start = time.time()
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+    # As `pipeline.execute` drains the dataset, but without prefetching: with the default prefetch_batches=1 a block
+    # reaches the driver only once the next one is ready, and the gate would wait for a block that waits for it.
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
         now = time.time()
         done = []
         for shard, n in Counter(batch.column("shard").to_pylist()).items():
@@ -294,10 +301,13 @@ def run_stage(stage: str, cfg: BuildListsConfig, blocks: list[pa.Table], plain: 
         busy = sum(c[2] - c[1] for c in mine)
         first_wait, after_last = min(c[1] for c in mine) - go[r], end[r] - max(c[2] for c in mine)
         actor_cpu = sum(c[4] - c[3] for c in mine)
+        # the actor process's CPU (all its threads) from its first call's start to its last call's end: the stage's
+        # calls plus Ray Data's per-block work in the actor between them
+        span_cpu = max(c[4] for c in mine) - min(c[3] for c in mine)
         for k, v in (("ray_wall_s", window), ("ray_actor_busy_s", busy), ("ray_actor_cpu_s", actor_cpu),
                      ("ray_first_call_wait_s", first_wait), ("ray_after_last_call_s", after_last),
                      ("ray_between_calls_s", window - busy - first_wait - after_last),
-                     ("ray_session_cpu_s", cpu_delta(cpu_go[r], cpu_end[r]))):
+                     ("ray_actor_span_cpu_s", span_cpu), ("ray_session_cpu_s", cpu_delta(cpu_go[r], cpu_end[r]))):
             t.setdefault(k, []).append(v)
     calls0 = [c for c in calls if int(c[0]) == 0]
     t["ray_startup_s"] = m["loaded"] - t_start  # execution start -> model loaded in the new actor
@@ -352,7 +362,11 @@ def bench_stage(stage: str, cfg: BuildListsConfig, blocks: list[pa.Table], tmp: 
     #   block's trip to the driver. A real build (one execution over all shards) pays that once, not per pass.
     in_call = [a - b for a, b in zip(t["ray_actor_busy_s"], t["plain_wall_s"])]
     fixed = [a + b for a, b in zip(t["ray_first_call_wait_s"], t["ray_after_last_call_s"])]
-    other_cpu = [a - b for a, b in zip(t["ray_session_cpu_s"], t["ray_actor_cpu_s"])]
+    # CPU of the Ray session outside the stage's calls (driver, raylet, GCS, Ray Data's helper actors, the actor
+    # between calls), as cores busy over the pass: on this 2-core VM it competes with the actor for a core
+    other_cores = [(a - b) / w for a, b, w in zip(t["ray_session_cpu_s"], t["ray_actor_cpu_s"], t["ray_wall_s"])]
+    # the actor's CPU between its calls: Ray Data's own per-block work in the actor process
+    between_cpu = [a - b for a, b in zip(t["ray_actor_span_cpu_s"], t["ray_actor_cpu_s"])]
     return {
         "stage": stage, "prompts": n_rows, "blocks": nb, "candidates": n_rows * K,
         **{f"{k}_all": v for k, v in t.items() if isinstance(v, list)},
@@ -367,10 +381,10 @@ def bench_stage(stage: str, cfg: BuildListsConfig, blocks: list[pa.Table], tmp: 
         "overhead_without_fixed": (med["ray_wall_s"] - median(fixed)) / med["plain_wall_s"] - 1,
         # load-robust views: CPU seconds, which do not count waiting for a core
         "call_cpu_over_plain_cpu": med["ray_actor_cpu_s"] / med["plain_cpu_s"],
+        "actor_cpu_overhead": med["ray_actor_span_cpu_s"] / med["plain_cpu_s"] - 1,
         "session_cpu_over_plain_cpu": med["ray_session_cpu_s"] / med["plain_cpu_s"],
-        # CPU of the Ray session outside the stage's calls (driver, raylet, GCS, Ray Data's helper actors, the actor
-        # between calls), per block: on this 2-core VM it competes with the actor for a core
-        "ray_other_cpu_s_per_block": median(other_cpu) / nb,
+        "ray_other_cpu_cores": median(other_cores),
+        "actor_cpu_between_calls_s_per_block": median(between_cpu) / (nb - 1),
     }
 
 
@@ -381,7 +395,7 @@ def main() -> None:
     torch.manual_seed(0)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
-    results, rows = [], []
+    results, rows, split = [], [], []
     try:
         worker_threads = ray_worker_threads()
         with tempfile.TemporaryDirectory() as tmp:
@@ -396,8 +410,11 @@ def main() -> None:
                     print(f"{name} / {stage}", flush=True)
                     r = {"model": name, **bench_stage(stage, cfg, inputs[stage], root)}
                     results.append(r)
-                    rows.append(table_row(r))
-                    print(md_table(HEADERS, [rows[-1]]).splitlines()[-1], flush=True)
+                    main_row, split_row = table_rows(r)
+                    rows.append(main_row)
+                    split.append(split_row)
+                    print(md_table(HEADERS, [main_row]).splitlines()[-1], flush=True)
+                    print(md_table(SPLIT_HEADERS, [split_row]).splitlines()[-1], flush=True)
     finally:
         ray.shutdown()
     worst = max(results, key=lambda r: r["overhead"])
@@ -411,7 +428,8 @@ def main() -> None:
           f"Per stage: one Ray Data execution (one actor) over a warm-up pass and {ROUNDS} timed passes, each "
           f"followed by a timed plain pass; Ray pass = go signal to the actor -> last output block at the driver. "
           f"Wall-clock medians. Torch threads: 1 in the driver, {worker_threads} in Ray workers.\n\n"
-          + md_table(HEADERS, rows)
+          + md_table(HEADERS, rows) + "\n\nWhere Ray's extra time goes, and how loaded the machine was:\n\n"
+          + md_table(SPLIT_HEADERS, split)
           + f"\n\nTarget (< {100 * TARGET:.0f}% overhead per actor): {'met' if met else 'NOT met'}; worst "
             f"{100 * worst['overhead']:+.0f}% ({worst['model']} / {worst['stage']}). 1-min load average during the "
             f"passes: {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} cores.\n")
@@ -424,20 +442,26 @@ def main() -> None:
                      "target": TARGET, "met": met}}, md)
 
 
-def table_row(r: dict) -> list:
-    nb = r["blocks"]
-    return [r["model"], r["stage"], f"{r['plain_prompts_per_s']:.0f}", f"{r['ray_prompts_per_s']:.0f}",
-            f"{1000 * r['plain_wall_s'] / nb:.0f}", f"**{100 * r['overhead']:+.0f}%**",
+def table_rows(r: dict) -> tuple[list, list]:
+    nb, loads = r["blocks"], r["loadavg_1min_all"]
+    main = [r["model"], r["stage"], f"{1000 * r['plain_wall_s'] / nb:.0f}", f"{r['plain_prompts_per_s']:.0f}",
+            f"{r['ray_prompts_per_s']:.0f}", f"**{100 * r['overhead']:+.0f}%**",
             " / ".join(f"{100 * x:+.0f}" for x in r["overhead_per_round"]),
-            f"{1000 * r['extra_in_calls_s_per_block']:+.0f}", f"{1000 * r['extra_between_calls_s_per_block']:+.0f}",
-            f"{1000 * r['extra_fixed_s_per_pass']:.0f}", f"{100 * r['overhead_without_fixed']:+.0f}%",
-            f"{r['call_cpu_over_plain_cpu']:.2f}", f"{1000 * r['ray_other_cpu_s_per_block']:.0f}",
-            f"{r['plain_wall_over_cpu']:.2f}", f"{r['ray_startup_s']:.1f}"]
+            f"{100 * r['overhead_without_fixed']:+.0f}%",
+            f"{100 * r['actor_cpu_overhead']:+.0f}%", f"{r['ray_startup_s']:.1f}"]
+    split = [r["model"], r["stage"], f"{1000 * r['extra_in_calls_s_per_block']:+.0f}",
+             f"{1000 * r['extra_between_calls_s_per_block']:+.0f}", f"{1000 * r['extra_fixed_s_per_pass']:.0f}",
+             f"{1000 * r['actor_cpu_between_calls_s_per_block']:.1f}", f"{r['call_cpu_over_plain_cpu']:.2f}",
+             f"{r['ray_other_cpu_cores']:.2f}",
+             f"{r['plain_wall_over_cpu']:.2f}", f"{min(loads):.1f}-{max(loads):.1f}"]
+    return main, split
 
 
-HEADERS = ["model", "stage", "prompts/s plain", "prompts/s ray", "plain ms/block", "overhead", "per pass",
-           "extra ms/block in calls", "extra ms/block between calls", "fixed ms/pass", "overhead w/o fixed",
-           "call CPU / plain CPU", "other Ray CPU ms/block", "plain wall/CPU", "actor start-up s"]
+HEADERS = ["model", "stage", "plain ms/block", "prompts/s plain", "prompts/s ray", "overhead (wall)", "per pass %",
+           "w/o fixed", "actor CPU overhead", "actor start-up s"]
+SPLIT_HEADERS = ["model", "stage", "extra ms/block in calls", "extra ms/block between calls", "fixed ms/pass",
+                 "actor CPU ms/block between calls", "call CPU / plain CPU", "other Ray CPU (cores)",
+                 "plain wall/CPU", "load (1 min)"]
 
 if __name__ == "__main__":
     sys.exit(main())
