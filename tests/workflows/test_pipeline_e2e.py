@@ -21,6 +21,7 @@ from lipo.pipeline.config import PipelineConfig
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["world.n_demos=64", "world.n_rm_lists=48", "world.n_prompts=16", "world.n_eval=8",
+         "build_lists.generate.num_candidates=4",
          "sft.optim.max_steps=20", "reward_model.optim.max_steps=20", "train.optim.epochs=1",
          "evaluate.bootstrap.resamples=200"]
 
