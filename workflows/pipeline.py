@@ -1,6 +1,8 @@
 """`lipo run [CONFIG.yaml] [key=value ...]`: the whole workflow, each stage the existing component called once.
 
-    (bootstrap world) -> sft -> train-rm -> build-lists -> train (LiPO) -> evaluate -> register
+    (bootstrap world) -> sft -> preferences -> train-rm -> build-lists -> train (LiPO) -> evaluate -> register
+
+`preferences` (world only) samples the reward model's lists from the SFT policy and labels them with the gold reward.
 
 With no config, `configs/quickstart.yaml` (the embedded default). One MLflow parent run holds the stages' child runs
 and the final summary. Rerunning the same config skips the finished stages. Ray job entrypoint:
@@ -18,7 +20,8 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "quickstart.y
 
 
 def upstream(cfg: PipelineConfig, parent_name: str, kind: str):
-    """Open the parent run and run the stages before training (world, sft, train-rm, build-lists), each once."""
+    """Open the parent run and run the stages before training (world, sft, preferences, train-rm, build-lists),
+    each once."""
     from lipo import tracking
     from lipo.bootstrap.copytask import make_world
     from lipo.pipeline.config import paths, resolve
@@ -34,11 +37,15 @@ def upstream(cfg: PipelineConfig, parent_name: str, kind: str):
     if cfg.world is not None:
         w = cfg.world
         run_once(p["root"], "world", w, lambda: {k: str(v) for k, v in make_world(
-            p["world"], w.n_demos, w.n_rm_lists, w.n_prompts, w.n_eval, w.noise, seed=w.seed).items()}, skipped)
+            p["world"], w.n_demos, w.n_rm_lists, w.n_prompts, w.n_eval, w.noise, w.rm_list_size, w.seed).items()},
+            skipped)
     res: dict[str, dict] = {}
     if "sft" in stages:
         res["sft"] = run_once(p["root"], "sft", stages["sft"],
                               lambda: train_summary(sft.run(stages["sft"], parent_run_id=parent)), skipped)
+    if "preferences" in stages:
+        res["preferences"] = run_once(p["root"], "preferences", stages["preferences"], lambda: lists_summary(
+            build_lists.run(stages["preferences"], parent_run_id=parent)), skipped)
     if "reward_model" in stages:
         res["reward_model"] = run_once(p["root"], "reward_model", stages["reward_model"], lambda: train_summary(
             train_rm.run(stages["reward_model"], parent_run_id=parent)), skipped)

@@ -95,7 +95,7 @@ def eval_(config: str = CONFIG, overrides: Optional[list[str]] = OVERRIDES) -> N
 @app.command()
 def run(config: Optional[str] = typer.Argument(None, help="PipelineConfig YAML (default: configs/quickstart.yaml)"),
         overrides: Optional[list[str]] = OVERRIDES) -> None:
-    """Run the whole pipeline: (bootstrap) -> sft -> train-rm -> build-lists -> train -> evaluate."""
+    """Run the whole pipeline: (bootstrap) -> sft -> preferences -> train-rm -> build-lists -> train -> evaluate."""
     from workflows.pipeline import DEFAULT_CONFIG
 
     if config is not None and "=" in config:  # `lipo run key=value`: overrides of the default config

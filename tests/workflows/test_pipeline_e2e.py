@@ -59,9 +59,12 @@ def test_pipeline_reports_win_rates_and_where_to_look(small_run):
     for prefix in ("summary/", "summary/fn_"):
         assert m[f"{prefix}win_rate_ci_low"] <= m[f"{prefix}win_rate"] <= m[f"{prefix}win_rate_ci_high"]
     assert 0.0 <= m["summary/reward_model_heldout_pair_accuracy"] <= 1.0
+    assert 0.0 <= m["summary/reward_model_gold_agreement_on_lists"] <= 1.0
+    assert m["summary/preference_lists"] > 0 and "lists of SFT samples" in out
     children = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     stages = sorted(r.data.tags["lipo.stage"] for r in children)
-    assert stages == ["build-lists", "eval", "lipo", "reward_pointwise", "sft"], stages
+    # two build-lists runs: the reward model's preference data (SFT samples, gold labels), then the LiPO lists
+    assert stages == ["build-lists", "build-lists", "eval", "lipo", "reward_pointwise", "sft"], stages
     # The policy is registered, and its alias resolves to the trained model (what `lipo serve` loads).
     from lipo.serving.model_source import resolve as resolve_model
 
@@ -74,7 +77,7 @@ def test_pipeline_reports_win_rates_and_where_to_look(small_run):
 
 def test_rerun_skips_finished_stages_and_says_so(small_run):
     _, _, second = small_run
-    for stage in ("world", "sft", "reward_model", "build_lists", "train", "evaluate", "register"):
+    for stage in ("world", "sft", "preferences", "reward_model", "build_lists", "train", "evaluate", "register"):
         assert f"skip {stage}: finished earlier" in second.stdout, second.stdout[-2000:]
     assert "===== stage:" not in second.stdout
 

@@ -6,8 +6,11 @@
 The platform bootstraps a small world from it, with no downloads:
 - `demos.jsonl`: noisy demonstrations (a fraction carry 1-2 substituted letters) -> `lipo sft` gives an SFT policy
   whose K samples differ in quality;
-- `rm_lists.jsonl`: lists of corrupted copies labelled by the gold reward -> `lipo train-rm` gives a *proxy* reward
-  model, imperfect like a real one;
+- `rm_prompts.jsonl`: prompts for preference data. `lipo run` samples K answers to each from the SFT policy and
+  labels them with the gold reward (a build-lists run with the `function` scorer), as human raters rank an SFT
+  policy's samples; `lipo train-rm` on those lists gives a *proxy* reward model, imperfect like a real one;
+- `rm_lists.jsonl`: the same prompts with synthetic corrupted copies labelled by the gold reward, for a reward model
+  that needs no SFT policy (`world.rm_data: corruptions`);
 - `prompts.jsonl` / `eval_prompts.jsonl`: disjoint prompts (with the clean `reference`) for build-lists and eval.
 
 `gold_reward` is also the `function` judge of the evaluation (`lipo.bootstrap.copytask:gold_reward`).
@@ -93,5 +96,7 @@ def make_world(out_dir: str | Path, n_demos: int = 400, n_rm_lists: int = 300, n
                for i, w in enumerate(_words(n_prompts, rng, used))]
     evals = [{"id": f"e-{i}", "prompt": PREFIX + w + "\n", "reference": w}
              for i, w in enumerate(_words(n_eval, rng, used))]
+    rm_prompts = [{"id": r["id"], "prompt": r["prompt"], "reference": target_of(r["prompt"])} for r in rm_lists]
     return {"demos": _write(out / "demos.jsonl", demos), "rm_lists": _write(out / "rm_lists.jsonl", rm_lists),
+            "rm_prompts": _write(out / "rm_prompts.jsonl", rm_prompts),
             "prompts": _write(out / "prompts.jsonl", prompts), "eval_prompts": _write(out / "eval_prompts.jsonl", evals)}

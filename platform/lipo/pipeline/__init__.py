@@ -1,1 +1,2 @@
-"""The whole workflow as one config: (bootstrap) -> sft -> train-rm -> build-lists -> train -> evaluate."""
+"""The whole workflow as one config:
+(bootstrap) -> sft -> preferences -> train-rm -> build-lists -> train -> evaluate."""

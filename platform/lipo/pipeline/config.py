@@ -10,6 +10,14 @@ anywhere fails before Ray starts, naming the key with its section (e.g. `train.o
 
 `world` bootstraps the embedded quickstart task (`lipo.bootstrap.copytask`); with `world: null`, give your own
 prompt files, models and data in the stage sections (and `sft: null` / `reward_model: null` to use existing models).
+
+Two wiring decisions follow common RLHF practice (InstructGPT, Stiennon et al. 2020):
+- the reward model starts from the SFT policy's weights (a new scalar head) when the pipeline trains an SFT policy
+  and `reward_model.model.path` is not given: it then already reads the task as the policy does;
+- with `world.rm_data: samples` (the default), the reward model's data are K answers sampled from the SFT policy for
+  each of the world's preference prompts, labelled by the gold reward (stage `preferences`, a build-lists run with
+  the `function` scorer). A reward model trained on the policy's own kind of answers ranks the lists that LiPO
+  learns from far better than one trained on synthetic corruptions (`world.rm_data: corruptions`).
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from lipo.config import Strict, config_hash, format_validation_error
 from lipo.errors import ConfigError
 from lipo.losses import ObjectiveName
 
+GOLD_REWARD = "lipo.bootstrap.copytask:gold_reward"  # the world's exact reward: its raters and its judge
+
 
 class WorldConfig(Strict):
     task: Literal["copy"] = "copy"
@@ -32,6 +42,8 @@ class WorldConfig(Strict):
     n_prompts: int = Field(128, ge=4)
     n_eval: int = Field(64, ge=4)
     noise: float = Field(0.5, ge=0, le=1)  # fraction of demonstrations with errors
+    rm_data: Literal["samples", "corruptions"] = "samples"  # reward-model lists: SFT samples, or synthetic errors
+    rm_list_size: int = Field(8, ge=2)  # answers per reward-model list
     seed: int = 0
 
 
@@ -73,7 +85,8 @@ def paths(cfg: PipelineConfig) -> dict[str, Path]:
     root = Path(cfg.output_dir).expanduser().resolve()
     world = root / "world"
     return {"root": root, "world": world, "demos": world / "demos.jsonl", "rm_lists": world / "rm_lists.jsonl",
-            "prompts": world / "prompts.jsonl", "eval_prompts": world / "eval_prompts.jsonl"}
+            "rm_prompts": world / "rm_prompts.jsonl", "prompts": world / "prompts.jsonl",
+            "eval_prompts": world / "eval_prompts.jsonl"}
 
 
 def _validate(model: type[BaseModel], tree: dict, section: str) -> BaseModel:
@@ -100,10 +113,41 @@ def model_dir(stage_cfg: BaseModel) -> str:
     return str(Path(stage_cfg.output_dir).expanduser().resolve() / stage_cfg.run_name / "model")
 
 
+def _lists_stage(cfg: PipelineConfig, tree: dict, section: str, user: dict, dir_prefix: str,
+                 run_kind: str) -> BaseModel:
+    """A validated build-lists config whose output directory and run name carry the hash of what it builds."""
+    from lipo.lists.config import BuildListsConfig, identity_hash
+
+    bl = _validate(BuildListsConfig, tree, section)
+    if "dir" not in (user.get("output") or {}):
+        bl.output.dir = str(paths(cfg)["root"] / f"{dir_prefix}-{identity_hash(bl)[:8]}")
+    if "run_name" not in (user.get("tracking") or {}):
+        bl.tracking.run_name = f"{cfg.name}-{run_kind}-{identity_hash(bl)[:8]}"
+    return bl
+
+
+def _preferences(cfg: PipelineConfig, p: dict[str, Path], sft_model: str | None, track: dict) -> BaseModel:
+    """The world's preference data: `rm_list_size` SFT samples per preference prompt, labelled by the gold reward.
+
+    Sampling follows the `build_lists.generate` settings (temperature, length), so the reward model is trained on
+    the same kind of answers it will rank.
+    """
+    if sft_model is None:
+        raise ConfigError("world.rm_data: 'samples' draws the reward model's data from the SFT policy, so it needs "
+                          "the sft stage; set world.rm_data: corruptions to train the reward model without one")
+    gen = {**(cfg.build_lists.get("generate") or {}), "model": sft_model, "num_candidates": cfg.world.rm_list_size,
+           "include_reference": False}
+    tree = {"input": {"prompts": [str(p["rm_prompts"])],
+                      **{k: v for k, v in (cfg.build_lists.get("input") or {}).items() if k == "max_prompt_tokens"}},
+            "generate": gen, "score": {"name": "function", "function": GOLD_REWARD}, "label": {"method": "identity"},
+            "reference": None, "output": {"dir": ""}, "tracking": {**track},
+            "resources": cfg.build_lists.get("resources") or {}}
+    return _lists_stage(cfg, tree, "world (preference data)", {}, "preferences", "preferences")
+
+
 def resolve(cfg: PipelineConfig, tracking_uri: str) -> dict[str, BaseModel]:
     """One validated config per stage, wired together; stages set to null are left out."""
     from lipo.evaluation.config import EvalConfig
-    from lipo.lists.config import BuildListsConfig, identity_hash
     from lipo.training.config import RewardTrainConfig, SFTConfig, TrainConfig
 
     p, world = paths(cfg), cfg.world is not None
@@ -113,10 +157,16 @@ def resolve(cfg: PipelineConfig, tracking_uri: str) -> dict[str, BaseModel]:
     if cfg.sft is not None:
         derived = {"output_dir": root, "tracking": track, "data": {"train": [str(p["demos"])] if world else []}}
         stages["sft"] = _named(SFTConfig, derived, cfg.sft, "sft", f"{cfg.name}-sft")
-    if cfg.reward_model is not None:
-        derived = {"output_dir": root, "tracking": track, "data": {"train": [str(p["rm_lists"])] if world else []}}
-        stages["reward_model"] = _named(RewardTrainConfig, derived, cfg.reward_model, "reward_model", f"{cfg.name}-rm")
     sft_model = model_dir(stages["sft"]) if "sft" in stages else None
+    if cfg.reward_model is not None:
+        rm_data = [str(p["rm_lists"])] if world else []
+        if world and cfg.world.rm_data == "samples":
+            stages["preferences"] = _preferences(cfg, p, sft_model, track)
+            rm_data = [stages["preferences"].output.dir]
+        derived = {"output_dir": root, "tracking": track, "data": {"train": rm_data}}
+        if sft_model:
+            derived["model"] = {"path": sft_model}
+        stages["reward_model"] = _named(RewardTrainConfig, derived, cfg.reward_model, "reward_model", f"{cfg.name}-rm")
     rm = stages.get("reward_model")
     derived = {"input": {"prompts": [str(p["prompts"])] if world else []}, "output": {"dir": ""},
                "tracking": {**track}}
@@ -125,11 +175,8 @@ def resolve(cfg: PipelineConfig, tracking_uri: str) -> dict[str, BaseModel]:
     if rm is not None:
         derived["score"] = {"name": rm.reward.kind, "model": model_dir(rm)}
         derived["label"] = {"method": "winrate" if rm.reward.kind == "pairwise" else "minmax"}
-    bl = _validate(BuildListsConfig, deep_merge(derived, cfg.build_lists), "build_lists")
-    if "dir" not in (cfg.build_lists.get("output") or {}):
-        bl.output.dir = str(p["root"] / f"lists-{identity_hash(bl)[:8]}")
-    if "run_name" not in (cfg.build_lists.get("tracking") or {}):
-        bl.tracking.run_name = f"{cfg.name}-build-lists-{identity_hash(bl)[:8]}"
+    bl = _lists_stage(cfg, deep_merge(derived, cfg.build_lists), "build_lists", cfg.build_lists, "lists",
+                      "build-lists")
     stages["build_lists"] = bl
     derived = {"output_dir": root, "tracking": track,
                "data": {"train": [bl.output.dir], "max_prompt_tokens": bl.input.max_prompt_tokens}}
@@ -153,6 +200,6 @@ def resolve(cfg: PipelineConfig, tracking_uri: str) -> dict[str, BaseModel]:
                "baseline": "model" if policy_start else "auto", "tracking": {"uri": tracking_uri,
                                                                            "experiment": cfg.experiment}}
     if world:
-        derived["judge"] = {"function": "lipo.bootstrap.copytask:gold_reward"}
+        derived["judge"] = {"function": GOLD_REWARD}
     stages["evaluate"] = _named(EvalConfig, derived, cfg.evaluate, "evaluate", f"{cfg.name}-eval")
     return stages

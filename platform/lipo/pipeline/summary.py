@@ -26,6 +26,31 @@ def register_model(uri: str, train_run_id: str, name: str, alias: str) -> dict:
     return {"name": name, "version": version.version, "alias": alias, "uri": f"models:/{name}@{alias}"}
 
 
+def judge_agreement(lists_dir: str, judge: str) -> float | None:
+    """The share of within-list pairs that the lists' scores (`rewards`) order as the `judge` function does, over
+    the pairs the judge does not tie.
+
+    With the world's gold reward as judge this is the reward model's accuracy on the very lists LiPO learns from;
+    it, more than held-out accuracy on the reward model's own data, bounds how much of the proxy's gain is real.
+    """
+    import pyarrow.parquet as pq
+
+    from lipo.data.records import prompt_of
+    from lipo.lists.scorers import resolve_function
+
+    fn, agree, pairs = resolve_function(judge), 0, 0
+    for part in sorted(Path(lists_dir).glob("*.parquet")):
+        for row in pq.read_table(part, columns=["prompt", "prompt_messages", "responses", "rewards"]).to_pylist():
+            gold = [fn(prompt_of(row), r) for r in row["responses"]]
+            s = row["rewards"]
+            for i in range(len(gold)):
+                for j in range(i + 1, len(gold)):
+                    if gold[i] != gold[j]:
+                        pairs += 1
+                        agree += (s[i] - s[j]) * (gold[i] - gold[j]) > 0
+    return agree / pairs if pairs else None
+
+
 def _fmt_rate(m: dict, prefix: str) -> str:
     if f"{prefix}win_rate" not in m:
         return "n/a"
@@ -38,9 +63,16 @@ def report_summary(uri: str, parent_run_id: str, cfg, res: dict, skipped: list[s
     rm = res.get("reward_model", {}).get("metrics", {})
     tr = res["train"]["metrics"]
     counts = res["build_lists"].get("counts", {})
+    agreement = None
+    if cfg.world is not None and "reward_model" in res:
+        from lipo.pipeline.config import GOLD_REWARD
+
+        agreement = judge_agreement(res["build_lists"]["output_dir"], GOLD_REWARD)
     summary = {
+        "preference_lists": res.get("preferences", {}).get("counts", {}).get("lists"),
         "lists": counts.get("lists"), "prompts": counts.get("prompts"), "candidates": counts.get("candidates"),
         "reward_model_heldout_pair_accuracy": rm.get("eval/pair_accuracy"),
+        "reward_model_gold_agreement_on_lists": agreement,
         "train_final_loss": tr.get("train/loss"), "train_final_pair_accuracy": tr.get("train/pair_accuracy"),
         **{k: v for k, v in ev.items() if "win_rate" in k or k in ("eval/kl", "eval/reward_gain")},
         "policy_model": res["train"]["model_dir"], "eval_report": res["evaluate"]["report_dir"],
@@ -53,10 +85,16 @@ def report_summary(uri: str, parent_run_id: str, cfg, res: dict, skipped: list[s
         (Path(tmp) / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         tracking.log_artifacts(uri, parent_run_id, tmp, "")
     acc = summary["reward_model_heldout_pair_accuracy"]
-    lines = [
-        f"===== lipo run '{cfg.name}': summary =====",
-        f"data:         {summary['lists']} lists from {summary['prompts']} prompts ({summary['candidates']} candidates)",
+    pref = res.get("preferences", {}).get("counts", {})
+    lines = [f"===== lipo run '{cfg.name}': summary ====="]
+    if pref:
+        lines.append(f"preferences:  {pref.get('lists')} lists of SFT samples ({pref.get('candidates')} answers), "
+                     "labelled by the gold reward")
+    lines += [
         f"reward model: held-out pairwise accuracy {acc:.3f}" if acc is not None else "reward model: (given)",
+        *([f"              agrees with the gold reward on {agreement:.3f} of the LiPO lists' pairs"]
+          if agreement is not None else []),
+        f"data:         {summary['lists']} lists from {summary['prompts']} prompts ({summary['candidates']} candidates)",
         f"train:        final loss {tr.get('train/loss', float('nan')):.4f}, "
         f"pair accuracy {tr.get('train/pair_accuracy', float('nan')):.3f}",
         f"win rate vs SFT, proxy reward model: {_fmt_rate(ev, 'eval/')}",
