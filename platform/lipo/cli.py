@@ -9,7 +9,7 @@
     lipo import --format pairs|ultrafeedback|ranked INPUT OUTPUT.parquet
     lipo serve CONFIG.yaml [key.sub=value ...] [--insecure]
     lipo eval CONFIG.yaml [key.sub=value ...]
-    lipo submit CONFIG.yaml [key.sub=value ...] --address http://HEAD:8265 [--stage pipeline|build-lists|train|eval]
+    lipo submit CONFIG.yaml [key.sub=value ...] --address http://HEAD:8265 [--stage STAGE]
 
 A `LipoError` (a user mistake) prints one line and exits with status 2; no Ray stack trace. Configs are validated
 before Ray starts.
@@ -117,7 +117,8 @@ def compare(config: Optional[str] = typer.Argument(None, help="PipelineConfig YA
 @app.command()
 def submit(config: str = CONFIG, overrides: Optional[list[str]] = OVERRIDES,
            address: str = typer.Option("http://127.0.0.1:8265", "--address", help="Ray dashboard / Jobs API"),
-           stage: str = typer.Option("pipeline", "--stage", help="pipeline | build-lists | train | eval"),
+           stage: str = typer.Option("pipeline", "--stage",
+                                     help="pipeline | compare | sft | train-rm | build-lists | train | eval"),
            follow: bool = typer.Option(True, "--follow/--no-follow", help="stream the job's logs")) -> None:
     """Submit a stage (default: the whole pipeline) as a Ray job; Ctrl-C detaches without killing it."""
     from lipo.jobs import submit_job

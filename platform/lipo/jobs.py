@@ -5,6 +5,8 @@
 
 The job runs exactly the command `lipo <stage>` runs locally, in a copy of the current directory (the Ray
 `working_dir`, minus outputs and caches, see EXCLUDES), so the config and data paths it names resolve the same way.
+Submitted from a lipo checkout (a `platform/lipo` package in the working dir), the job imports that code too (Ray
+`py_modules`), not the version installed on the cluster: what you test locally is what runs.
 The config is validated here first: a typo never costs a cluster round trip. Ctrl-C detaches; the job keeps running.
 
 Equivalent Ray CLI (what `lipo submit` builds; `deploy/jobs/runtime_env.yaml` holds the same runtime env):
@@ -43,6 +45,9 @@ STAGES: dict[str, tuple[str, str]] = {
     "build-lists": ("build-lists", "lipo.lists.config:BuildListsConfig"),
     "train": ("train", "lipo.training.config:TrainConfig"),
     "eval": ("eval", "lipo.evaluation.config:EvalConfig"),
+    "sft": ("sft", "lipo.training.config:SFTConfig"),
+    "train-rm": ("train-rm", "lipo.training.config:RewardTrainConfig"),
+    "compare": ("compare", "lipo.pipeline.config:PipelineConfig"),
 }
 
 # gitignore-style patterns (Ray's `excludes`). Outputs, databases and environments are large, may be private, and
@@ -68,7 +73,11 @@ def entrypoint(stage: str, config_rel: str, overrides: list[str]) -> str:
 def runtime_env(working_dir: str | Path, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     env_vars = {k: environ[k] for k in PASSED_ENV if environ.get(k)}
     env_vars.update(FIXED_ENV)
-    return {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "env_vars": env_vars}
+    env: dict[str, Any] = {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "env_vars": env_vars}
+    package = Path(working_dir) / "platform" / "lipo"
+    if (package / "__init__.py").is_file():  # a checkout: its lipo goes first on the job's path (driver and workers)
+        env["py_modules"] = [str(package)]
+    return env
 
 
 def _resource(environ: Mapping[str, str], name: str, given: float | None) -> float:

@@ -52,7 +52,8 @@ def free_port() -> int:
 
 # --- What is submitted ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("stage,command", [("pipeline", "run"), ("build-lists", "build-lists"), ("train", "train"),
-                                           ("eval", "eval")])
+                                           ("eval", "eval"), ("sft", "sft"), ("train-rm", "train-rm"),
+                                           ("compare", "compare")])
 def test_each_stage_runs_the_local_command(stage, command):
     assert jobs.entrypoint(stage, "configs/c.yaml", []) == f"lipo {command} configs/c.yaml"
 
@@ -74,12 +75,18 @@ def test_runtime_env_and_entrypoint_resources():
                                                                 "LIPO_ENTRYPOINT_NUM_CPUS": "1.5", "HOME": "/h"})
     env = spec["runtime_env"]
     assert env["working_dir"] == "/w" and env["excludes"] == jobs.EXCLUDES
+    assert "py_modules" not in env  # not a lipo checkout: the job uses the cluster's installed lipo
     assert env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://mlflow:5000",
                                "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}  # nothing else leaks from the shell
     assert spec["entrypoint_num_cpus"] == 1.5 and spec["entrypoint_num_gpus"] == 0
     assert jobs.job_spec("train", "c.yaml", [], "/w", environ={}, num_cpus=2)["entrypoint_num_cpus"] == 2
     with pytest.raises(LipoError, match="LIPO_ENTRYPOINT_NUM_GPUS"):
         jobs.job_spec("train", "c.yaml", [], "/w", environ={"LIPO_ENTRYPOINT_NUM_GPUS": "one"})
+
+
+def test_a_checkout_ships_its_own_lipo_package():
+    env = jobs.runtime_env(REPO, environ={})
+    assert env["py_modules"] == [str(REPO / "platform" / "lipo")]
 
 
 def test_excludes_leave_outputs_and_caches_behind(tmp_path):
@@ -99,11 +106,13 @@ def test_excludes_leave_outputs_and_caches_behind(tmp_path):
     assert files == set(kept)
 
 
-def test_deploy_job_files_match_what_lipo_submit_builds():
+def test_deploy_job_files_match_what_lipo_submit_builds(monkeypatch):
     from ray.runtime_env import RuntimeEnv
 
+    monkeypatch.chdir(REPO)  # the files are for the repository root, as their comments say
     spec = yaml.safe_load((REPO / "deploy" / "jobs" / "pipeline.yaml").read_text())
     ours = jobs.job_spec("pipeline", "configs/quickstart.yaml", [], ".", environ={})
+    assert ours["runtime_env"]["py_modules"] == ["platform/lipo"]
     cluster_env = spec["runtime_env"]["env_vars"]
     assert cluster_env.pop("MLFLOW_TRACKING_URI") == "http://lipo-mlflow:5000"  # the chart's in-cluster MLflow
     assert spec == ours
@@ -353,7 +362,11 @@ def test_submitted_train_job_succeeds_and_logs_to_mlflow(ray_head, tmp_path, toy
     from lipo import tracking
 
     work = tmp_path / "work"
-    work.mkdir()
+    # A lipo checkout whose package announces itself: the job must import this copy, not the installed lipo.
+    shutil.copytree(REPO / "platform" / "lipo", work / "platform" / "lipo",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    with open(work / "platform" / "lipo" / "__init__.py", "a", encoding="utf-8") as f:
+        f.write('\nprint("[lipo] uploaded checkout imported", flush=True)\n')
     db = tmp_path / "mlflow.db"
     cfg = train_yaml(work, toy_lists, output_dir=str(tmp_path / "runs"),
                      optim={"max_steps": 2, "micro_batch_size": 2}, checkpoint={"every": 1000},
@@ -369,6 +382,7 @@ def test_submitted_train_job_succeeds_and_logs_to_mlflow(ray_head, tmp_path, toy
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[lipo] submitted job lipo-train-" in proc.stdout
     assert "[lipo] lipo data:" in proc.stdout  # the job's own output, followed
+    assert "[lipo] uploaded checkout imported" in proc.stdout
     assert proc.stdout.rstrip().splitlines()[-1].endswith("SUCCEEDED")
 
     c = tracking.client(f"sqlite:///{db}")
