@@ -196,6 +196,13 @@ async def _run(cfg: EvalConfig, rows: list[dict], url: str, api_key: str | None)
     return list(samples), plan
 
 
+def _same_text_ties(samples: list[Sample], out: np.ndarray) -> np.ndarray:
+    """Identical answers tie, whatever the judge's numbers say: a reward model can score the same text a few 1e-6
+    apart in differently padded batches, which would turn ties into coin-flip wins and losses."""
+    same = np.array([s.policy == s.baseline for s in samples])
+    return np.where(same, 0.5, out)
+
+
 def summarize(samples: list[Sample], cfg: EvalConfig, plan: dict) -> dict[str, float]:
     """The evaluation's metrics (names as logged to MLflow)."""
     b, tie = cfg.bootstrap, cfg.judge.tie_eps
@@ -210,6 +217,7 @@ def summarize(samples: list[Sample], cfg: EvalConfig, plan: dict) -> dict[str, f
         ra = [s.reward_policy for s in samples]
         rb = [s.reward_baseline for s in samples]
         out = outcomes_from_probs(ra, tie) if plan["reward_kind"] == "pairwise" else outcomes_from_rewards(ra, rb, tie)
+        out = _same_text_ties(samples, out)
         for s, o in zip(samples, out):
             s.outcome = float(o)
         m.update(win_rate(out, b.resamples, b.confidence, b.seed).as_metrics("eval/"))
@@ -217,7 +225,7 @@ def summarize(samples: list[Sample], cfg: EvalConfig, plan: dict) -> dict[str, f
                   "eval/reward_gain": float(np.mean(ra) - np.mean(rb))})
     if cfg.judge.function is not None:
         fa, fb = [s.fn_policy for s in samples], [s.fn_baseline for s in samples]
-        out = outcomes_from_rewards(fa, fb, tie)
+        out = _same_text_ties(samples, outcomes_from_rewards(fa, fb, tie))
         for s, o in zip(samples, out):
             s.fn_outcome = float(o)
         m.update(win_rate(out, b.resamples, b.confidence, b.seed).as_metrics("eval/fn_"))

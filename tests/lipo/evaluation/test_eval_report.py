@@ -80,6 +80,18 @@ def test_summarize_hand_computed():
     assert pairwise["eval/win_rate"] == pytest.approx((1 + 1 + 0) / 3) and "eval/kl" not in pairwise
 
 
+def test_identical_answers_tie_whatever_the_judge_numbers_say():
+    """A reward model scored one text 1.9e-6 apart in two batches (seen in a quickstart run): still a tie."""
+    cfg = load_config(EvalConfig, None, ["data.prompts=[x]", "bootstrap.resamples=200"])
+    samples = [Sample(id="0", prompt="p", policy="efcbc", baseline="efcbc", reward_policy=10.3357353,
+                      reward_baseline=10.3357334),
+               Sample(id="1", prompt="p", policy="efcbd", baseline="efcbc", reward_policy=10.3357353,
+                      reward_baseline=10.3357334)]
+    m = summarize(samples, cfg, {"reward_kind": "pointwise", "kl_ref": None})
+    assert [s.outcome for s in samples] == [0.5, 1.0]  # different texts keep the judge's verdict
+    assert m["eval/win_rate"] == pytest.approx(0.75)
+
+
 def test_report_files_and_mlflow(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     train_id, _ = tracking.open_run(uri, "lipo", "train-1", "train")
