@@ -99,4 +99,5 @@ def make_world(out_dir: str | Path, n_demos: int = 400, n_rm_lists: int = 300, n
     rm_prompts = [{"id": r["id"], "prompt": r["prompt"], "reference": target_of(r["prompt"])} for r in rm_lists]
     return {"demos": _write(out / "demos.jsonl", demos), "rm_lists": _write(out / "rm_lists.jsonl", rm_lists),
             "rm_prompts": _write(out / "rm_prompts.jsonl", rm_prompts),
-            "prompts": _write(out / "prompts.jsonl", prompts), "eval_prompts": _write(out / "eval_prompts.jsonl", evals)}
+            "prompts": _write(out / "prompts.jsonl", prompts),
+            "eval_prompts": _write(out / "eval_prompts.jsonl", evals)}

@@ -94,7 +94,8 @@ def report_summary(uri: str, parent_run_id: str, cfg, res: dict, skipped: list[s
         f"reward model: held-out pairwise accuracy {acc:.3f}" if acc is not None else "reward model: (given)",
         *([f"              agrees with the gold reward on {agreement:.3f} of the LiPO lists' pairs"]
           if agreement is not None else []),
-        f"data:         {summary['lists']} lists from {summary['prompts']} prompts ({summary['candidates']} candidates)",
+        f"data:         {summary['lists']} lists from {summary['prompts']} prompts "
+        f"({summary['candidates']} candidates)",
         f"train:        final loss {tr.get('train/loss', float('nan')):.4f}, "
         f"pair accuracy {tr.get('train/pair_accuracy', float('nan')):.3f}",
         f"win rate vs SFT, proxy reward model: {_fmt_rate(ev, 'eval/')}",
