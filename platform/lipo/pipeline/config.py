@@ -137,10 +137,11 @@ def _preferences(cfg: PipelineConfig, p: dict[str, Path], sft_model: str | None,
                           "the sft stage; set world.rm_data: corruptions to train the reward model without one")
     gen = {**(cfg.build_lists.get("generate") or {}), "model": sft_model, "num_candidates": cfg.world.rm_list_size,
            "include_reference": False}
-    tree = {"input": {"prompts": [str(p["rm_prompts"])],
-                      **{k: v for k, v in (cfg.build_lists.get("input") or {}).items() if k == "max_prompt_tokens"}},
-            "generate": gen, "score": {"name": "function", "function": GOLD_REWARD}, "label": {"method": "identity"},
-            "reference": None, "output": {"dir": ""}, "tracking": {**track},
+    inp = {"prompts": [str(p["rm_prompts"])]}
+    if "max_prompt_tokens" in (cfg.build_lists.get("input") or {}):
+        inp["max_prompt_tokens"] = cfg.build_lists["input"]["max_prompt_tokens"]
+    tree = {"input": inp, "generate": gen, "score": {"name": "function", "function": GOLD_REWARD},
+            "label": {"method": "identity"}, "reference": None, "output": {"dir": ""}, "tracking": {**track},
             "resources": cfg.build_lists.get("resources") or {}}
     return _lists_stage(cfg, tree, "world (preference data)", {}, "preferences", "preferences")
 

@@ -27,28 +27,31 @@ def register_model(uri: str, train_run_id: str, name: str, alias: str) -> dict:
 
 
 def judge_agreement(lists_dir: str, judge: str) -> float | None:
-    """The share of within-list pairs that the lists' scores (`rewards`) order as the `judge` function does, over
-    the pairs the judge does not tie.
+    """`pairwise_accuracy` of the lists' scores (`rewards`) against the `judge` function's verdicts, over the pairs
+    the judge does not tie (tied scores count half, as in the reward model's held-out accuracy); None: no such pair.
 
     With the world's gold reward as judge this is the reward model's accuracy on the very lists LiPO learns from;
     it, more than held-out accuracy on the reward model's own data, bounds how much of the proxy's gain is real.
     """
-    import pyarrow.parquet as pq
+    import torch
 
+    from lipo.data.readers import read_lists
     from lipo.data.records import prompt_of
     from lipo.lists.scorers import resolve_function
+    from lipo.training.metrics import pairwise_accuracy
 
-    fn, agree, pairs = resolve_function(judge), 0, 0
-    for part in sorted(Path(lists_dir).glob("*.parquet")):
-        for row in pq.read_table(part, columns=["prompt", "prompt_messages", "responses", "rewards"]).to_pylist():
-            gold = [fn(prompt_of(row), r) for r in row["responses"]]
-            s = row["rewards"]
-            for i in range(len(gold)):
-                for j in range(i + 1, len(gold)):
-                    if gold[i] != gold[j]:
-                        pairs += 1
-                        agree += (s[i] - s[j]) * (gold[i] - gold[j]) > 0
-    return agree / pairs if pairs else None
+    fn = resolve_function(judge)
+    rows = [r for r in read_lists(lists_dir)[0].to_pylist() if r["rewards"] is not None]
+    verdicts = [[fn(prompt_of(r), y) for y in r["responses"]] for r in rows]
+    if not any(len(set(v)) > 1 for v in verdicts):
+        return None
+    k = max(len(v) for v in verdicts)
+    scores = torch.zeros(len(rows), k, dtype=torch.float64)  # [B, K]
+    gold = torch.zeros_like(scores)  # [B, K]
+    mask = torch.zeros(len(rows), k, dtype=torch.bool)  # [B, K]
+    for b, (r, v) in enumerate(zip(rows, verdicts)):
+        scores[b, :len(v)], gold[b, :len(v)], mask[b, :len(v)] = torch.tensor(r["rewards"]), torch.tensor(v), True
+    return float(pairwise_accuracy(scores, gold, mask))
 
 
 def _fmt_rate(m: dict, prefix: str) -> str:
@@ -63,13 +66,14 @@ def report_summary(uri: str, parent_run_id: str, cfg, res: dict, skipped: list[s
     rm = res.get("reward_model", {}).get("metrics", {})
     tr = res["train"]["metrics"]
     counts = res["build_lists"].get("counts", {})
+    pref = res.get("preferences", {}).get("counts", {})
     agreement = None
     if cfg.world is not None and "reward_model" in res:
         from lipo.pipeline.config import GOLD_REWARD
 
         agreement = judge_agreement(res["build_lists"]["output_dir"], GOLD_REWARD)
     summary = {
-        "preference_lists": res.get("preferences", {}).get("counts", {}).get("lists"),
+        "preference_lists": pref.get("lists"),
         "lists": counts.get("lists"), "prompts": counts.get("prompts"), "candidates": counts.get("candidates"),
         "reward_model_heldout_pair_accuracy": rm.get("eval/pair_accuracy"),
         "reward_model_gold_agreement_on_lists": agreement,
@@ -85,7 +89,6 @@ def report_summary(uri: str, parent_run_id: str, cfg, res: dict, skipped: list[s
         (Path(tmp) / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         tracking.log_artifacts(uri, parent_run_id, tmp, "")
     acc = summary["reward_model_heldout_pair_accuracy"]
-    pref = res.get("preferences", {}).get("counts", {})
     lines = [f"===== lipo run '{cfg.name}': summary ====="]
     if pref:
         lines.append(f"preferences:  {pref.get('lists')} lists of SFT samples ({pref.get('candidates')} answers), "
