@@ -1,23 +1,12 @@
-"""`lipo sft CONFIG.yaml [key=value ...]`: supervised fine-tuning (next-token loss on response tokens).
+"""`lipo sft` as a Ray job entrypoint: `python -m workflows.sft CONFIG.yaml [key=value ...]`.
 
-Same Ray Train + DeepSpeed machinery, checkpoints, resume and MLflow tracking as `lipo train`; `data.train` holds
-demonstrations (`prompt` + `response` or `reference`). Ray job entrypoint: `python -m workflows.sft CONFIG.yaml`.
+Supervised fine-tuning; the library's driver is `lipo.training.launch.launch` with an `SFTTask`.
+Same as the CLI command, one-line errors included (`lipo.cli.main`); the stage is `lipo.stages`' entry "sft".
 """
-
-from __future__ import annotations
 
 import sys
 
-from lipo.training.config import SFTConfig
-
-
-def run(cfg: SFTConfig, fault: dict | None = None, parent_run_id: str | None = None):
-    from workflows.train import launch
-
-    return launch(cfg, "sft", fault, parent_run_id)
-
+from lipo.cli import main
 
 if __name__ == "__main__":
-    from lipo.config import load_config
-
-    run(load_config(SFTConfig, sys.argv[1], sys.argv[2:]))
+    main(["sft", *sys.argv[1:]])

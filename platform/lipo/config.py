@@ -5,6 +5,7 @@ that model, and turns pydantic's validation errors into one line that names the 
 starts, so a typo never costs a cluster start-up.
 
     cfg = load_config(TrainConfig, "configs/train_example.yaml", ["optim.lr=1e-4", "objective.name=list_mle"])
+    cfg = load_config(ServeConfig, "pipeline.yaml", ["limits.max_n=2"], section="serve")  # one key of a file
 """
 
 from __future__ import annotations
@@ -57,28 +58,50 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return f"invalid config {source}: " + "; ".join(lines)
 
 
-def load_config(model: type[M], path: str | Path | None, overrides: list[str] | None = None) -> M:
-    """Load `path` (YAML) with overrides into `model`; raises ConfigError naming the key on any problem."""
+def load_config(model: type[M], path: str | Path | None, overrides: list[str] | None = None,
+                section: str | None = None) -> M:
+    """Load `path` (YAML) with overrides into `model`; raises ConfigError naming the key on any problem.
+
+    With `section`, the config is the file's top-level key `section` (e.g. `serve` in a pipeline config), and the
+    overrides apply inside it.
+    """
     tree: dict[str, Any] = {}
     source = "<overrides>"
     if path is not None:
         p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}".replace("\n", " ")) from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level")
-        tree = loaded or {}
+        tree, source = _read_mapping(p), str(p)
+        if section is not None:
+            tree, source = _section(tree, section, source), f"{p} [{section}]"
+    elif section is not None:
+        raise ConfigError(f"config section `{section}` needs a config file")
     for override in overrides or []:
         apply_override(tree, override)
     try:
         return model.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def _read_mapping(p: Path) -> dict[str, Any]:
+    """The YAML file `p` as a dict (an empty file is {})."""
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}".replace("\n", " ")) from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    return loaded or {}
+
+
+def _section(tree: dict[str, Any], section: str, source: str) -> dict[str, Any]:
+    """The mapping under the top-level key `section` of the file `source`."""
+    if section not in tree:
+        raise ConfigError(f"config file {source} has no `{section}` section")
+    if not isinstance(tree[section], dict):
+        raise ConfigError(f"config file {source}: section `{section}` must be a mapping")
+    return tree[section]
 
 
 def config_hash(cfg: BaseModel) -> str:

@@ -25,7 +25,6 @@ shared filesystem declared with `LIPO_SHARED_FS=1`.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import secrets
 import shlex
@@ -36,19 +35,12 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from lipo.errors import LipoError
+import ray
+from ray.exceptions import AuthenticationError
+from ray.job_submission import JobSubmissionClient
 
-# --stage -> (the lipo subcommand the job runs, the config class it loads). Imported lazily: validating a train
-# config must not need the evaluation stack installed.
-STAGES: dict[str, tuple[str, str]] = {
-    "pipeline": ("run", "lipo.pipeline.config:PipelineConfig"),
-    "build-lists": ("build-lists", "lipo.lists.config:BuildListsConfig"),
-    "train": ("train", "lipo.training.config:TrainConfig"),
-    "eval": ("eval", "lipo.evaluation.config:EvalConfig"),
-    "sft": ("sft", "lipo.training.config:SFTConfig"),
-    "train-rm": ("train-rm", "lipo.training.config:RewardTrainConfig"),
-    "compare": ("compare", "lipo.pipeline.config:PipelineConfig"),
-}
+from lipo.errors import LipoError
+from lipo.stages import STAGES, Stage, by_name
 
 # gitignore-style patterns (Ray's `excludes`). Outputs, databases and environments are large, may be private, and
 # count against Ray's upload limit for working_dir; the job writes its own outputs on the cluster.
@@ -63,11 +55,18 @@ _LOOPBACK = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
 
 # --- What is submitted ----------------------------------------------------------------------------------------------
+def submittable(name: str) -> Stage:
+    """The stage `--stage NAME` names (lipo.stages); one that cannot run as a job is refused in one line."""
+    stage = by_name(name)
+    if not stage.submit:
+        raise LipoError(f"stage '{name}' does not run as a Ray job; use one of "
+                        f"{', '.join(s.name for s in STAGES if s.submit)}")
+    return stage
+
+
 def entrypoint(stage: str, config_rel: str, overrides: list[str]) -> str:
     """The shell command of the job: `lipo <cmd> CONFIG [overrides]`, every word shell-quoted."""
-    if stage not in STAGES:
-        raise LipoError(f"unknown stage '{stage}': use one of {', '.join(STAGES)}")
-    return shlex.join(["lipo", STAGES[stage][0], config_rel, *overrides])
+    return shlex.join(["lipo", submittable(stage).command, config_rel, *overrides])
 
 
 def runtime_env(working_dir: str | Path, environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
@@ -139,18 +138,8 @@ def _excluded(rel: str) -> bool:
 
 
 def validate_locally(stage: str, config: str | Path, overrides: list[str]) -> None:
-    """Load the config with its stage's class; raises ConfigError (one line). A stage that is not importable here
-    (a partial install) is validated by the job instead, with a warning."""
-    from lipo.config import load_config
-
-    mod_name, cls_name = STAGES[stage][1].split(":")
-    try:
-        cls = getattr(importlib.import_module(mod_name), cls_name)
-    except (ImportError, AttributeError) as exc:
-        print(f"[lipo] warning: {stage} config not validated locally ({mod_name}:{cls_name} not importable: "
-              f"{exc}); the job validates it", file=sys.stderr, flush=True)
-        return
-    load_config(cls, config, overrides)
+    """Load the config with its stage's class (lipo.stages); raises ConfigError (one line)."""
+    submittable(stage).load(config, overrides)
 
 
 # --- Talking to the cluster -----------------------------------------------------------------------------------------
@@ -178,9 +167,6 @@ def connect(address: str, timeout: float = 10.0):
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
         raise LipoError(f"cannot reach the Ray Jobs API at {address} ({exc.strerror or exc}); {hint}") from None
-    from ray.exceptions import AuthenticationError
-    from ray.job_submission import JobSubmissionClient
-
     try:
         return JobSubmissionClient(address)
     except AuthenticationError as exc:
@@ -244,8 +230,7 @@ def submit_job(config: str | Path, overrides: list[str], *, address: str, stage:
 
     Raises LipoError for a bad config, an unreachable cluster, and a job that ends FAILED or STOPPED.
     """
-    if stage not in STAGES:
-        raise LipoError(f"unknown stage '{stage}': use one of {', '.join(STAGES)}")
+    submittable(stage)
     wd = Path(working_dir or os.getcwd()).resolve()
     rel = config_in_working_dir(config, wd)
     overrides = list(overrides or [])
@@ -297,8 +282,6 @@ def check_shared_storage(output_dir: str | Path, shared: bool | None = None) -> 
         return
     if shared if shared is not None else _truthy(os.environ.get("LIPO_SHARED_FS")):
         return
-    import ray
-
     if not ray.is_initialized():
         return
     alive = [n for n in ray.nodes() if n.get("Alive")]

@@ -29,8 +29,8 @@ from torch import Tensor
 
 __all__ = [
     "LAMBDA_WEIGHTS", "LOSSES", "LambdaWeightFn", "LambdaWeightName", "LossFn", "ObjectiveName",
-    "compute_ranks", "dcg", "ideal_dcg", "lambda_loss", "list_mle", "pair_hinge", "pair_logistic",
-    "point_mse", "point_sigmoid", "softmax",
+    "compute_ranks", "dcg", "ideal_dcg", "lambda_loss", "list_mle", "masked_mean", "pair_diffs", "pair_hinge",
+    "pair_logistic", "point_mse", "point_sigmoid", "prepare_lists", "softmax",
 ]
 
 ObjectiveName = Literal[
@@ -45,7 +45,7 @@ LambdaWeightFn = Callable[[Tensor, Tensor, Tensor, bool], Tensor]
 _MASKED_LOGIT = -1e30
 
 
-def _prepare(scores: Tensor, labels: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+def prepare_lists(scores: Tensor, labels: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """Checks shapes; returns (scores, labels, valid) with padded entries zeroed."""
     if scores.dim() != 2 or scores.shape != labels.shape:
         raise ValueError(f"scores and labels must both be [B, K]; got {tuple(scores.shape)} and "
@@ -65,13 +65,13 @@ def _prepare(scores: Tensor, labels: Tensor, mask: Tensor | None) -> tuple[Tenso
     return scores, labels, valid
 
 
-def _masked_mean(values: Tensor, where: Tensor) -> Tensor:
+def masked_mean(values: Tensor, where: Tensor) -> Tensor:
     """Mean of ``values`` over ``where``; 0 (still attached to the graph) when ``where`` is empty."""
     total = torch.where(where, values, torch.zeros_like(values)).sum()
     return total / where.sum().clamp(min=1).to(values.dtype)
 
 
-def _pairs(scores: Tensor, labels: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+def pair_diffs(scores: Tensor, labels: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     """Pairwise score differences ``s_i - s_j`` and the valid-pair mask (both valid, ``y_i > y_j``)."""
     diff = scores.unsqueeze(-1) - scores.unsqueeze(-2)  # [B, K, K]
     both = valid.unsqueeze(-1) & valid.unsqueeze(-2)  # [B, K, K]
@@ -88,7 +88,7 @@ def compute_ranks(scores: Tensor, mask: Tensor | None = None) -> Tensor:
     are a permutation of ``1..K`` per list and carry no gradient.
     """
     with torch.no_grad():
-        scores, _, valid = _prepare(scores.detach(), scores.detach(), mask)
+        scores, _, valid = prepare_lists(scores.detach(), scores.detach(), mask)
         k = scores.shape[-1]
         idx = torch.arange(k, device=scores.device)
         s_i, s_j = scores.unsqueeze(-1), scores.unsqueeze(-2)  # [B, K, 1], [B, 1, K]
@@ -113,7 +113,7 @@ def dcg(labels: Tensor, ranks: Tensor, mask: Tensor | None = None, k: int | None
 
     ``k=None`` means no cutoff (Jarvelin & Kekalainen, 2002).
     """
-    _, labels, valid = _prepare(labels, labels, mask)
+    _, labels, valid = prepare_lists(labels, labels, mask)
     keep = valid if k is None else valid & (ranks <= k)
     per_item = _gains(labels) * _discounts(ranks, labels.dtype)  # [B, K]
     return torch.where(keep, per_item, torch.zeros_like(per_item)).sum(-1)
@@ -206,8 +206,8 @@ def point_mse(scores: Tensor, labels: Tensor, mask: Tensor | None = None) -> Ten
 
     Rax ``pointwise_mse_loss``; LiPO sec. 4 "pointwise MSE".
     """
-    scores, labels, valid = _prepare(scores, labels, mask)
-    return _masked_mean((scores - labels).square(), valid)
+    scores, labels, valid = prepare_lists(scores, labels, mask)
+    return masked_mean((scores - labels).square(), valid)
 
 
 def point_sigmoid(scores: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -216,9 +216,9 @@ def point_sigmoid(scores: Tensor, labels: Tensor, mask: Tensor | None = None) ->
     Labels are soft targets and should lie in ``[0, 1]`` (they are not binarised). Computed in the
     stable logits form. Rax ``pointwise_sigmoid_loss``; LiPO sec. 4 "pointwise sigmoid".
     """
-    scores, labels, valid = _prepare(scores, labels, mask)
+    scores, labels, valid = prepare_lists(scores, labels, mask)
     per_item = torch.nn.functional.binary_cross_entropy_with_logits(scores, labels, reduction="none")
-    return _masked_mean(per_item, valid)
+    return masked_mean(per_item, valid)
 
 
 def softmax(scores: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -229,14 +229,14 @@ def softmax(scores: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tenso
     item) defines no target distribution: it contributes nothing and is left out of the mean, as in
     Rax ``softmax_loss``.
     """
-    scores, labels, valid = _prepare(scores, labels, mask)
+    scores, labels, valid = prepare_lists(scores, labels, mask)
     label_sum = labels.sum(-1, keepdim=True)  # [B, 1]
     has_target = label_sum.squeeze(-1) > 0  # [B]
     probs = labels / torch.where(label_sum > 0, label_sum, torch.ones_like(label_sum))  # [B, K]
     logits = torch.where(valid, scores, torch.full_like(scores, _MASKED_LOGIT))
     log_p = torch.log_softmax(logits, dim=-1)  # [B, K]
     xent = torch.where(valid, probs * log_p, torch.zeros_like(log_p))
-    return _masked_mean(-xent.sum(-1), has_target)
+    return masked_mean(-xent.sum(-1), has_target)
 
 
 def list_mle(scores: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -247,7 +247,7 @@ def list_mle(scores: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tens
     one valid item. Tied labels are ordered by original index (stable), so the loss is only
     permutation-invariant up to that tie-breaking. Rax ``listmle_loss``.
     """
-    scores, labels, valid = _prepare(scores, labels, mask)
+    scores, labels, valid = prepare_lists(scores, labels, mask)
     order = torch.argsort(compute_ranks(labels, valid), dim=-1)  # [B, K], valid items first
     s = scores.gather(-1, order)  # [B, K]
     v = valid.gather(-1, order)  # [B, K]
@@ -255,7 +255,7 @@ def list_mle(scores: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tens
     # log sum_{j >= i} exp(s_j): a logcumsumexp over the reversed list.
     suffix_lse = torch.logcumsumexp(logits.flip(-1), dim=-1).flip(-1)  # [B, K]
     nll = torch.where(v, suffix_lse - s, torch.zeros_like(s)).sum(-1)  # [B]
-    return _masked_mean(nll, valid.any(-1))
+    return masked_mean(nll, valid.any(-1))
 
 
 def pair_hinge(scores: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -264,9 +264,9 @@ def pair_hinge(scores: Tensor, labels: Tensor, mask: Tensor | None = None) -> Te
     The mean pools the valid pairs of all lists; pairs with tied labels or a masked item do not
     count. Rax ``pairwise_hinge_loss``; LiPO sec. 4.
     """
-    scores, labels, valid = _prepare(scores, labels, mask)
-    diff, pairs = _pairs(scores, labels, valid)
-    return _masked_mean(torch.relu(1.0 - diff), pairs)
+    scores, labels, valid = prepare_lists(scores, labels, mask)
+    diff, pairs = pair_diffs(scores, labels, valid)
+    return masked_mean(torch.relu(1.0 - diff), pairs)
 
 
 def pair_logistic(scores: Tensor, labels: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -276,9 +276,9 @@ def pair_logistic(scores: Tensor, labels: Tensor, mask: Tensor | None = None) ->
     loss; LiPO sec. 3 calls this "DPO-BT". Valid pairs of all lists are pooled as in ``pair_hinge``.
     Rax ``pairwise_logistic_loss``.
     """
-    scores, labels, valid = _prepare(scores, labels, mask)
-    diff, pairs = _pairs(scores, labels, valid)
-    return _masked_mean(torch.nn.functional.softplus(-diff), pairs)
+    scores, labels, valid = prepare_lists(scores, labels, mask)
+    diff, pairs = pair_diffs(scores, labels, valid)
+    return masked_mean(torch.nn.functional.softplus(-diff), pairs)
 
 
 def lambda_loss(
@@ -299,12 +299,12 @@ def lambda_loss(
     """
     if weight not in LAMBDA_WEIGHTS:
         raise ValueError(f"unknown lambda weight {weight!r}; expected one of {list(LAMBDA_WEIGHTS)}")
-    scores, labels, valid = _prepare(scores, labels, mask)
+    scores, labels, valid = prepare_lists(scores, labels, mask)
     with torch.no_grad():
         ranks = compute_ranks(scores, valid)
         w = LAMBDA_WEIGHTS[weight](labels.detach(), ranks, valid, normalize)  # [B, K, K]
-    diff, pairs = _pairs(scores, labels, valid)
-    return _masked_mean(w * torch.nn.functional.softplus(-diff), pairs)
+    diff, pairs = pair_diffs(scores, labels, valid)
+    return masked_mean(w * torch.nn.functional.softplus(-diff), pairs)
 
 
 LOSSES: dict[ObjectiveName, LossFn] = {

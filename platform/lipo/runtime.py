@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import os
 
+import ray
+
 
 def ensure_ray() -> None:
-    import ray
-
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")

@@ -65,11 +65,6 @@ def test_entrypoint_quotes_every_word():
     assert shlex.split(cmd) == ["lipo", "train", "my configs/t.yaml", *overrides]  # the shell sees the same words
 
 
-def test_unknown_stage_is_refused():
-    with pytest.raises(LipoError, match="unknown stage 'serve'"):
-        jobs.entrypoint("serve", "c.yaml", [])
-
-
 def test_runtime_env_and_entrypoint_resources():
     spec = jobs.job_spec("train", "c.yaml", [], "/w", environ={"MLFLOW_TRACKING_URI": "http://mlflow:5000",
                                                                 "LIPO_ENTRYPOINT_NUM_CPUS": "1.5", "HOME": "/h"})
@@ -147,10 +142,18 @@ def test_bad_config_fails_before_connecting(tmp_path, toy_lists, monkeypatch):
         jobs.submit_job(cfg, ["optim.lrr=1"], address="http://127.0.0.1:1", stage="train", working_dir=tmp_path)
 
 
-def test_unimportable_stage_config_is_left_to_the_job(tmp_path, toy_lists, capsys, monkeypatch):
-    monkeypatch.setitem(jobs.STAGES, "eval", ("eval", "lipo.not_written_yet.config:EvalConfig"))
-    jobs.validate_locally("eval", train_yaml(tmp_path, toy_lists), [])
-    assert "warning: eval config not validated locally" in capsys.readouterr().err
+def test_unknown_and_non_job_stages_are_refused_in_one_line():
+    with pytest.raises(LipoError, match="unknown stage 'trian'"):
+        jobs.entrypoint("trian", "configs/c.yaml", [])
+    with pytest.raises(LipoError, match="stage 'serve' does not run as a Ray job"):
+        jobs.entrypoint("serve", "configs/c.yaml", [])
+
+
+def test_the_job_validates_with_the_stage_tables_config_class(tmp_path, toy_lists):
+    cfg = train_yaml(tmp_path, toy_lists)
+    jobs.validate_locally("train", cfg, ["optim.lr=1e-4"])  # a train config is a valid train config
+    with pytest.raises(ConfigError, match="model: unknown key"):  # ... but not a valid eval config
+        jobs.validate_locally("eval", cfg, [])
 
 
 def test_unreachable_address_is_one_line(tmp_path, toy_lists):

@@ -3,7 +3,9 @@
 Covered: the function, pointwise and pairwise scorers (and `existing` on imported pairs); determinism of two runs;
 parity of the stored reference log-probs with what training computes on the fly; `lipo train` on the output as is;
 MLflow contents; resume after a killed driver and completeness after a killed scorer actor; one-line errors.
-Runs from the repository root (the scorer actors import `tests.lipo.lists.lists_helpers`).
+Builds call the library's driver, `lipo.lists.build.build_lists`; the killed-driver test goes through `lipo.cli`.
+Runs from the repository root (the scorer actors import `tests.lipo.lists.lists_helpers`):
+`.venv/bin/python -m pytest -q tests/workflows/test_build_lists_e2e.py`.
 """
 
 from __future__ import annotations
@@ -24,20 +26,21 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "lipo" / "lists"))
 from lists_helpers import build_config, write_prompts  # noqa: E402
 
+from lipo import tracking  # noqa: E402
+from lipo.config import load_config  # noqa: E402
 from lipo.data.collate import collate_lists  # noqa: E402
+from lipo.data.importers import import_file  # noqa: E402
 from lipo.data.readers import read_lists  # noqa: E402
 from lipo.data.tokenize import TokenizeSpec, tokenize_lists  # noqa: E402
 from lipo.errors import LipoError  # noqa: E402
+from lipo.lists.build import build_lists  # noqa: E402
 from lipo.models.logps import sequence_logps  # noqa: E402
 from lipo.models.tiny import byte_tokenizer, tiny_llama  # noqa: E402
+from lipo.training.config import TrainConfig  # noqa: E402
+from lipo.training.launch import launch  # noqa: E402
+from lipo.training.tasks import ListwiseTask  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-def build(cfg):
-    from workflows.build_lists import run
-
-    return run(cfg)
 
 
 def dataset(out: Path) -> dict[str, dict]:
@@ -56,7 +59,7 @@ def prompts(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def baseline(ray_local, tmp_path_factory, prompts):
     tmp = tmp_path_factory.mktemp("baseline")
-    result = build(build_config(tmp, prompts, "base"))
+    result = build_lists(build_config(tmp, prompts, "base"))
     return tmp, result
 
 
@@ -71,21 +74,21 @@ def test_function_scorer_run_is_complete_deterministic_and_not_redone(baseline, 
         assert len(row["responses"]) == len(row["labels"]) == len(row["rewards"]) == len(row["ref_logps"]) >= 2
         assert all(0.0 <= x <= 1.0 for x in row["labels"])
     # Determinism: the same config run again (elsewhere) gives identical candidates, rewards, labels, ref_logps.
-    again = build(build_config(tmp_path, prompts, "again"))
+    again = build_lists(build_config(tmp_path, prompts, "again"))
     assert dataset(again.output_dir) == lists
     # A finished build is not redone; a different config into the same directory is refused.
     parts = {p: p.stat().st_mtime_ns for p in result.output_dir.glob("part-*.parquet")}
-    assert build(build_config(tmp, prompts, "base")).run_id is None
+    assert build_lists(build_config(tmp, prompts, "base")).run_id is None
     assert {p: p.stat().st_mtime_ns for p in result.output_dir.glob("part-*.parquet")} == parts
     with pytest.raises(LipoError, match=r"different config \(changed: generate.num_candidates\)"):
-        build(build_config(tmp, prompts, "base", "generate.num_candidates=4"))
+        build_lists(build_config(tmp, prompts, "base", "generate.num_candidates=4"))
 
 
 def test_killed_scorer_actor_leaves_no_hole(baseline, prompts, tmp_path):
     _, result = baseline
     marker = tmp_path / "killed"
     cfg = build_config(tmp_path, prompts, "killed", f"score.function_kwargs={{kill_marker: '{marker}'}}")
-    killed = build(cfg)
+    killed = build_lists(cfg)
     assert marker.exists()  # a scorer actor did die mid-stage (it wrote its pid, then exited)
     assert dataset(killed.output_dir) == dataset(result.output_dir)
 
@@ -112,22 +115,17 @@ def test_killed_driver_resumes_to_the_same_dataset(ray_local, baseline, prompts,
     done = list(out.glob("_build/part-*.json"))
     tail = (tmp_path / "driver.log").read_text()[-2000:]
     assert 1 <= len(done) < 3 and not (out / "_manifest.json").exists(), f"the kill should land mid-run:\n{tail}"
-    resumed = build(build_config(tmp_path, prompts, "resumed", *args))
+    resumed = build_lists(build_config(tmp_path, prompts, "resumed", *args))
     assert resumed.manifest["counts"] == result.manifest["counts"]
     assert dataset(resumed.output_dir) == dataset(result.output_dir)
 
 
 def test_pointwise_lists_train_as_is_with_ref_logps_equal_to_on_the_fly(ray_local, prompts, tmp_path):
-    from lipo import tracking
-    from lipo.config import load_config
-    from lipo.training.config import TrainConfig
-    from workflows.train import run as train
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = build_config(tmp_path, prompts, "pointwise", "score.name=pointwise", "score.model=builtin:tiny-reward",
                        "score.function=null", "tracking.enabled=true", f"tracking.uri={uri}",
                        "generate.include_reference=true")
-    result = build(cfg)
+    result = build_lists(cfg)
     lists = dataset(result.output_dir)
     assert len(lists) == result.manifest["counts"]["lists"] >= 4
     # Parity: training re-tokenises the stored lists (dropping nothing) and gets the stored ref_logps to 1e-5.
@@ -155,14 +153,14 @@ def test_pointwise_lists_train_as_is_with_ref_logps_equal_to_on_the_fly(ray_loca
         f"output_dir={tmp_path / 'runs'}", f"data.train=[{result.output_dir}]", "data.max_prompt_tokens=64",
         "data.max_response_tokens=16", "scaling.num_workers=1", "optim.max_steps=2", "run_name=on-lists",
         f"tracking.uri={uri}", "checkpoint.every=1000"])
-    trained = train(tcfg)
+    trained = launch(ListwiseTask(tcfg))
     assert trained.model_dir.is_dir() and "train/loss" in trained.metrics
 
 
 def test_pairwise_winrate_labels(ray_local, prompts, tmp_path):
     cfg = build_config(tmp_path, prompts, "pairwise", "score.name=pairwise", "score.model=builtin:tiny-reward",
                        "score.function=null", "label.method=winrate", "input.limit=2", "reference=null")
-    lists = dataset(build(cfg).output_dir)
+    lists = dataset(build_lists(cfg).output_dir)
     assert len(lists) == 2
     for row in lists.values():  # psi_k = mean_i P(k beats i), P(a>b) + P(b>a) = 1  =>  sum_k psi_k = K / 2
         assert sum(row["labels"]) == pytest.approx(len(row["labels"]) / 2, abs=1e-5)
@@ -170,8 +168,6 @@ def test_pairwise_winrate_labels(ray_local, prompts, tmp_path):
 
 
 def test_existing_scores_on_imported_pairs_get_ref_logps(ray_local, tmp_path):
-    from lipo.data.importers import import_file
-
     src = tmp_path / "pairs.jsonl"
     src.write_text("".join(json.dumps({"prompt": f"Q{i}?", "chosen": f"yes {i}", "rejected": "no"}) + "\n"
                            for i in range(3)))
@@ -179,7 +175,7 @@ def test_existing_scores_on_imported_pairs_get_ref_logps(ray_local, tmp_path):
     cfg = build_config(tmp_path, tmp_path / "pairs.parquet", "existing", "generate=null",
                        "reference.model=builtin:tiny-llama", "score.name=existing", "score.field=labels",
                        "score.function=null", "label.method=identity")
-    lists = dataset(build(cfg).output_dir)
+    lists = dataset(build_lists(cfg).output_dir)
     imported, _ = read_lists([tmp_path / "pairs.parquet"])
     for row in imported.to_pylist():
         got = lists[row["id"]]
@@ -194,7 +190,7 @@ def test_scoring_function_error_is_one_line(ray_local, tmp_path):
     cfg = build_config(tmp_path, lists, "failing", "generate=null", "reference=null",
                        "score.function=tests.lipo.lists.lists_helpers:failing_reward")
     with pytest.raises(LipoError) as err:
-        build(cfg)
+        build_lists(cfg)
     assert str(err.value) == ("score.function tests.lipo.lists.lists_helpers:failing_reward raised ValueError on "
                               "id 'p0': boom")
     assert not (tmp_path / "failing" / "_manifest.json").exists()

@@ -60,7 +60,7 @@ def server(ray_local, tmp_path_factory):
     from ray import serve
 
     from lipo.config import load_config
-    from lipo.serving.app import start_local
+    from lipo.serving.local import start_local
     from lipo.serving.config import ServeConfig
 
     short = short_model(tmp_path_factory.mktemp("short"))

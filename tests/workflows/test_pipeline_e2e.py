@@ -64,12 +64,12 @@ def test_pipeline_reports_win_rates_and_where_to_look(small_run):
     children = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     stages = sorted(r.data.tags["lipo.stage"] for r in children)
     # two build-lists runs: the reward model's preference data (SFT samples, gold labels), then the LiPO lists
-    assert stages == ["build-lists", "build-lists", "eval", "lipo", "reward_pointwise", "sft"], stages
+    assert stages == ["build-lists", "build-lists", "eval", "sft", "train", "train-rm"], stages
     # The policy is registered, and its alias resolves to the trained model (what `lipo serve` loads).
     from lipo.serving.model_source import resolve as resolve_model
 
     version = c.get_model_version_by_alias("lipo-quickstart", "champion")
-    train_run = next(r for r in children if r.data.tags["lipo.stage"] == "lipo")
+    train_run = next(r for r in children if r.data.tags["lipo.stage"] == "train")
     assert version.run_id == train_run.info.run_id
     local = Path(resolve_model("models:/lipo-quickstart@champion", uri, str(work / "cache")))
     assert (local / "model.safetensors").is_file() and (local / "config.json").is_file()
@@ -101,7 +101,7 @@ def test_compare_writes_report_and_child_runs(small_run):
     [parent] = c.search_runs([c.get_experiment_by_name("lipo").experiment_id],
                              "tags.mlflow.runName = 'qs-compare' and tags.`lipo.stage` = 'compare'")
     children = c.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sum(r.data.tags["lipo.stage"] == "lipo" for r in children) == 3
+    assert sum(r.data.tags["lipo.stage"] == "train" for r in children) == 3
     assert sum(r.data.tags["lipo.stage"] == "eval" for r in children) == 3
     arts = {a.path for a in c.list_artifacts(parent.info.run_id, "compare")}
     assert {"compare/report.md", "compare/report.csv", "compare/winrate_vs_k.png"} <= arts

@@ -11,6 +11,9 @@ import torch
 from lipo import tracking
 from lipo.config import load_config
 from lipo.training.config import RewardTrainConfig, SFTConfig
+from lipo.training.launch import launch
+from lipo.training.reward import RewardTask
+from lipo.training.tasks import SFTTask
 
 pytestmark = pytest.mark.slow
 
@@ -19,8 +22,6 @@ COMMON = ["model.path=builtin:tiny-llama", "scaling.num_workers=2", "optim.sched
 
 
 def test_sft_loss_falls_on_memorisable_set(ray_local, tmp_path):
-    from workflows.sft import run
-
     demos = tmp_path / "demos.jsonl"
     with open(demos, "w") as f:
         for i in range(4):
@@ -28,7 +29,7 @@ def test_sft_loss_falls_on_memorisable_set(ray_local, tmp_path):
     cfg = load_config(SFTConfig, None, COMMON + [f"output_dir={tmp_path}/runs", f"data.train=[{demos}]",
                                                  "run_name=sft", "optim.lr=1e-2", "optim.micro_batch_size=2",
                                                  "optim.max_steps=40", "optim.epochs=100"])
-    result = run(cfg)
+    result = launch(SFTTask(cfg))
     c = tracking.client(result.tracking_uri)
     losses = [m.value for m in sorted(c.get_metric_history(result.run_id, "train/loss"), key=lambda m: m.step)]
     assert len(losses) == 40
@@ -53,14 +54,13 @@ def separable_lists(path, n=40, seed=0):
 def test_reward_model_learns_separable_set(ray_local, tmp_path, kind):
     from lipo.models.loading import load_sequence_classifier, load_tokenizer
     from lipo.models.reward import pairwise_matrix
-    from workflows.train_rm import run
 
     data = separable_lists(tmp_path / "lists.jsonl")
     cfg = load_config(RewardTrainConfig, None, COMMON + [
         f"output_dir={tmp_path}/runs", f"data.train=[{data}]", f"run_name=rm-{kind}", f"reward.kind={kind}",
         "reward.eval_fraction=0.25", "optim.lr=3e-3", "optim.micro_batch_size=2", "optim.max_steps=40",
         "optim.epochs=100"])
-    result = run(cfg)
+    result = launch(RewardTask(cfg))
     assert result.metrics["eval/pairs"] >= 15
     assert result.metrics["eval/pair_accuracy"] >= 0.9, result.metrics
     c = tracking.client(result.tracking_uri)

@@ -13,10 +13,11 @@ Formats (input: JSONL or Parquet files, directories or globs, read by `lipo.data
   `score_chosen` / `score_rejected`, when both are numbers, become `rewards`.
 - `ultrafeedback`: `instruction` (or `prompt`) and `completions: [{response, overall_score | fine-grained_score}]`
   -> a list of every completion with a response and a numeric rating; rewards = the ratings (the first of
-  `RATING_KEYS` that at least two completions have), labels = min-max scaled within the list (equal ratings: 0.5).
+  `RATING_KEYS` that at least two completions have), labels = min-max scaled within the list (`lipo.labels.minmax`;
+  equal ratings: 0.5).
   Completions with no response or no numeric rating (UltraFeedback has "N/A") are left out and counted.
 - `ranked`: replies with a rank (OpenAssistant), rank 0 or 1 = best, lower is better -> labels
-  psi = (K - r) / (K - 1) by rank (`lipo.lists.labels.rank`, ties share their mean rank). Two layouts:
+  psi = (K - r) / (K - 1) by rank (`lipo.labels.rank`, ties share their mean rank). Two layouts:
     * grouped rows: `prompt` and `responses` (or `replies`): `[{text | response | content, rank}]`;
     * the OpenAssistant message export: one message per row with `message_id`, `parent_id`, `role`
       (prompter / assistant), `text`, `rank`; each prompter message with >= 2 ranked assistant replies becomes a
@@ -42,6 +43,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lipo import labels as labelers
 from lipo.data.readers import ReadReport, read_records, resolve_paths, write_lists
 from lipo.data.records import LIST_SCHEMA, InvalidRecord, Problem, record_to_row, row_to_record
 from lipo.errors import DataError
@@ -138,9 +140,6 @@ class UltraFeedbackRow:
         self.left_out = left_out
 
     def __call__(self, item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-        from lipo.lists.config import LabelConfig
-        from lipo.lists.labels import minmax
-
         prompt = item.get("instruction", item.get("prompt"))
         completions = item.get("completions")
         if not isinstance(completions, list):
@@ -155,7 +154,7 @@ class UltraFeedbackRow:
         self.left_out.update(+Counter({"no response": len(completions) - len(usable),
                                        "no numeric rating": len(usable) - len(rated)}))  # +: drops zero counts
         responses, ratings = [r for r, _ in rated], [s for _, s in rated]
-        return _list_row({"id": item.get("id")}, prompt, responses, minmax(ratings, LabelConfig()), ratings)
+        return _list_row({"id": item.get("id")}, prompt, responses, labelers.minmax(ratings), ratings)
 
 
 # ----------------------------------------------------------------------------------------------------- ranked
@@ -175,15 +174,12 @@ def _reply(v: Any, where: str) -> tuple[str, float | None]:
 
 def _ranked_list(item: Mapping[str, Any], prompt: Any, replies: list[tuple[str, float | None]],
                  left_out: Counter) -> tuple[str, dict[str, Any]]:
-    from lipo.lists.config import LabelConfig
-    from lipo.lists.labels import rank
-
     ranked = sorted(((t, r) for t, r in replies if r is not None), key=lambda x: x[1])
     left_out.update(+Counter({"no rank": len(replies) - len(ranked)}))
     if len(ranked) < 2:
         raise _bad("responses", f"{len(ranked)} ranked replies; a list needs 2", "responses: too few ranked")
     responses = [t for t, _ in ranked]
-    return _list_row(item, prompt, responses, rank([-r for _, r in ranked], LabelConfig()))
+    return _list_row(item, prompt, responses, labelers.rank([-r for _, r in ranked]))
 
 
 class RankedRow:

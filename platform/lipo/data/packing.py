@@ -8,7 +8,9 @@ len(prompt), so every token sees exactly the context (and RoPE/learned positions
 the summed log-probs agree with `sequence_logps` up to float rounding.
 
 With `token_budget`, several lists share one row (padding-free mode): rows are cut when the next list would push
-the row past the budget, so a micro-batch is sized by tokens rather than by a count of lists.
+the row past the budget, so a micro-batch is sized by tokens rather than by a count of lists. Training and
+build-lists pack one list per row today; `token_budget` is reached through `lipo.models.packed_logps.make_batch` /
+`score_lists`, and used by benchmarks/gpu_check.py (padding-free parity on a GPU) and tests/lipo/models/test_packing.py.
 
     packed = pack_lists(items, pad_id=tok.pad_token_id)                 # one list per row
     packed = pack_lists(items, pad_id=tok.pad_token_id, token_budget=4096)  # several lists per row
@@ -48,7 +50,8 @@ def batches_by_token_budget(items: list[dict], budget: int) -> list[list[int]]:
 
 def pack_lists(items: list[dict], pad_id: int, token_budget: int | None = None,
                list_size: int | None = None) -> dict[str, torch.Tensor]:
-    """Pack tokenised lists (see `tokenize_list`) into rows sharing each prompt across its responses.
+    """Pack tokenised lists (see `tokenize_list`) into rows sharing each prompt across its responses; with
+    `token_budget`, several lists per row (see the module docstring for where that is used).
 
     Returns
       input_ids [R, L], position_ids [R, L], attention_mask [R, 1, L, L] bool (True = may attend),
@@ -58,14 +61,17 @@ def pack_lists(items: list[dict], pad_id: int, token_budget: int | None = None,
         and its flat slot b * K + k in the [B, K] output,
       labels, list_mask [B, K] and ref_logps [B, K] when every list has them, laid out exactly as `collate_lists`.
     """
-    B = len(items)
     K = max(len(it["response_ids"]) for it in items)
     if list_size is not None:
         K = max(K, list_size)
-    groups = batches_by_token_budget(items, token_budget) if token_budget else [[b] for b in range(B)]
+    groups = batches_by_token_budget(items, token_budget) if token_budget else [[b] for b in range(len(items))]
+    return {**_pack_rows(items, groups, pad_id, K), **_list_tensors(items, K)}
+
+
+def _pack_rows(items: list[dict], groups: list[list[int]], pad_id: int, K: int) -> dict[str, torch.Tensor]:
+    """The token rows of `pack_lists`: row r holds the lists `groups[r]`, one after the other."""
     R = len(groups)
     L = max(sum(list_token_count(items[b]) for b in g) for g in groups)
-
     input_ids = torch.full((R, L), pad_id, dtype=torch.long)
     position_ids = torch.zeros((R, L), dtype=torch.long)
     token_mask = torch.zeros((R, L), dtype=torch.long)
@@ -76,11 +82,6 @@ def pack_lists(items: list[dict], pad_id: int, token_budget: int | None = None,
     t_col: list[int] = []
     s_col: list[int] = []
     t_slot: list[int] = []
-    labels = torch.zeros((B, K), dtype=torch.float32)
-    list_mask = torch.zeros((B, K), dtype=torch.bool)
-    has_ref = all(it.get("ref_logps") is not None for it in items)
-    ref = torch.zeros((B, K), dtype=torch.float32)
-
     for r, group in enumerate(groups):
         col = 0
         for b in group:
@@ -99,7 +100,6 @@ def pack_lists(items: list[dict], pad_id: int, token_budget: int | None = None,
                 position_ids[r, col:col + n] = torch.arange(P, P + n)
                 mask[r, col:col + n, start:start + P] = True  # a response sees its whole prompt,
                 mask[r, col:col + n, col:col + n] = torch.ones(n, n, dtype=torch.bool).tril()  # and itself causally
-                list_mask[b, k] = True
                 # With an empty prompt nothing predicts the first response token; sequence_logps skips it too.
                 j0 = 0 if P else 1
                 t_col.extend(range(col + j0, col + n))
@@ -110,14 +110,10 @@ def pack_lists(items: list[dict], pad_id: int, token_budget: int | None = None,
                 t_slot.extend([b * K + k] * (n - j0))
                 col += n
             token_mask[r, start:col] = 1
-            labels[b, : len(it["labels"])] = torch.tensor(it["labels"], dtype=torch.float32)
-            if has_ref:
-                ref[b, : len(it["ref_logps"])] = torch.tensor(it["ref_logps"], dtype=torch.float32)
-
     # Padding queries attend to themselves only, so no softmax row is empty (which would give NaN).
     pad_r, pad_c = (token_mask == 0).nonzero(as_tuple=True)
     mask[pad_r, pad_c, pad_c] = True
-    out = {
+    return {
         "input_ids": input_ids,
         "position_ids": position_ids,
         "attention_mask": mask.unsqueeze(1),  # [R, 1, L, L]
@@ -126,9 +122,22 @@ def pack_lists(items: list[dict], pad_id: int, token_budget: int | None = None,
         "target_col": torch.tensor(t_col, dtype=torch.long),
         "source_col": torch.tensor(s_col, dtype=torch.long),
         "target_slot": torch.tensor(t_slot, dtype=torch.long),
-        "labels": labels,
-        "list_mask": list_mask,
     }
+
+
+def _list_tensors(items: list[dict], K: int) -> dict[str, torch.Tensor]:
+    """labels, list_mask [B, K] (and ref_logps [B, K] when every list has them), as `collate_lists` lays them out."""
+    B = len(items)
+    labels = torch.zeros((B, K), dtype=torch.float32)
+    list_mask = torch.zeros((B, K), dtype=torch.bool)
+    has_ref = all(it.get("ref_logps") is not None for it in items)
+    ref = torch.zeros((B, K), dtype=torch.float32)
+    for b, it in enumerate(items):
+        list_mask[b, :len(it["response_ids"])] = True
+        labels[b, : len(it["labels"])] = torch.tensor(it["labels"], dtype=torch.float32)
+        if has_ref:
+            ref[b, : len(it["ref_logps"])] = torch.tensor(it["ref_logps"], dtype=torch.float32)
+    out = {"labels": labels, "list_mask": list_mask}
     if has_ref:
         out["ref_logps"] = ref
     return out

@@ -1,8 +1,7 @@
-"""Read and validate list datasets (JSONL / Parquet), write them as Parquet, hand them to Ray Data.
+"""Read and validate list datasets (JSONL / Parquet) and write them as Parquet.
 
     table, report = read_lists(["data/train.jsonl", "data/more/"], on_invalid="skip")
     print(report.summary())              # one line; report.as_metrics() goes to MLflow
-    ds = to_ray_dataset(table)           # ray.data.Dataset, sharded across workers
     write_lists(table, "out/lists.parquet")
 
 Inputs: files, directories (every *.jsonl / *.json / *.parquet below, recursively, sorted; names starting with `.` or
@@ -20,14 +19,15 @@ Why validation is a streaming pass on the driver rather than a Ray Data `map_bat
 and row number of a bad row (Ray Data's readers lose both once blocks are split and fused), it fails before any
 cluster work starts (no worker start-up or GPU time for a typo in row 7), and it streams (JSONL line by line,
 Parquet batch by batch) so a bad row late in a big file costs no more memory than a good one. List datasets are
-text, small next to a training run, so one driver pass is cheap. The validated table then enters Ray Data via
-`to_ray_dataset` (`ray.data.from_arrow`) for sharding across the training workers.
+text, small next to a training run, so one driver pass is cheap. The stages hand the validated table (or rows made
+from it) to Ray themselves.
 
 `write_lists` writes ONE Parquet file (not a directory of shards): Ray Data re-shards on read anyway, and a single
 file is simplest to version, hash and pass between stages. It validates every row and replaces the file
 atomically, so a crashed write never leaves half a dataset behind.
 
-This module imports no torch/transformers; Ray is imported only inside `to_ray_dataset`.
+This module imports no torch, transformers or Ray (tests/lipo/data/test_readers.py checks), so the CLI stays quick.
+Tests: tests/lipo/data/test_readers.py.
 """
 
 from __future__ import annotations
@@ -343,12 +343,3 @@ def write_lists(data: pa.Table | Iterable[ListRecord | Mapping[str, Any]], path:
     finally:
         tmp.unlink(missing_ok=True)
     return out
-
-
-def to_ray_dataset(table: pa.Table) -> Any:
-    """The validated table (from `read_lists`) as a `ray.data.Dataset`; Ray is imported here, not at module load."""
-    if not table.schema.equals(LIST_SCHEMA):
-        raise DataError("to_ray_dataset expects a LIST_SCHEMA table, as returned by read_lists")
-    import ray.data
-
-    return ray.data.from_arrow(table)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, NamedTuple
 
 import pyarrow as pa
@@ -274,11 +274,6 @@ def prompt_of(row: Mapping[str, Any]) -> str | list[dict[str, str]]:
     if messages is not None:
         return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
     return row["prompt"]
-
-
-def records_to_table(records: Iterable[ListRecord]) -> pa.Table:
-    """Records -> Arrow table with LIST_SCHEMA."""
-    return pa.Table.from_pylist([record_to_row(r) for r in records], schema=LIST_SCHEMA)
 
 
 def table_to_records(table: pa.Table) -> Iterator[ListRecord]:

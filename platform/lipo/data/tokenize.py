@@ -11,6 +11,11 @@ Rules (one place, so precomputed and on-the-fly log-probs see the same tokens):
   dropped. Every drop and truncation is counted in `TokenizeStats`.
 
     tl, stats = tokenize_list(row, tokenizer, TokenizeSpec(max_prompt_tokens=512, max_response_tokens=256))
+    tl["keep"]   # indices into row["responses"] of the responses that survived, in order, e.g. [0, 2]
+
+Training reads `prompt_ids`, `response_ids`, `labels`, `ref_logps` and `id`; build-lists
+(`lipo.lists.stages.tokenize_row`) reads `keep` to apply the same drops to its own columns.
+Tests: tests/lipo/data/test_tokenize.py.
 """
 
 from __future__ import annotations
@@ -70,7 +75,11 @@ def encode_response(response: str, tokenizer) -> list[int]:
 
 
 def tokenize_list(row: dict, tokenizer, spec: TokenizeSpec) -> tuple[dict | None, TokenizeStats]:
-    """One list record -> token ids, or None if the list must be dropped; plus what happened, counted."""
+    """One list record -> token ids, or None if the list must be dropped; plus what happened, counted.
+
+    The result holds `id`, `prompt_ids`, `response_ids` [K'], `keep` [K'] (the kept responses' indices in
+    `row["responses"]`), and `labels` / `ref_logps` [K'] restricted to the kept responses (None when the row has none).
+    """
     stats = TokenizeStats()
     stats.counts["lists_in"] += 1
     prompt_ids = encode_prompt(prompt_of(row), tokenizer)
@@ -98,14 +107,15 @@ def tokenize_list(row: dict, tokenizer, spec: TokenizeSpec) -> tuple[dict | None
         stats.counts["dropped_list_too_few_responses"] += 1
         return None, stats
     stats.counts["lists_kept"] += 1
+    labels, ref = row.get("labels"), row.get("ref_logps")
     out = {
         "id": row.get("id"),
         "prompt_ids": prompt_ids,
         "response_ids": response_ids,
-        "labels": [float(row["labels"][i]) for i in keep],
+        "keep": keep,
+        "labels": [float(labels[i]) for i in keep] if labels is not None else None,
+        "ref_logps": [float(ref[i]) for i in keep] if ref is not None else None,
     }
-    ref = row.get("ref_logps")
-    out["ref_logps"] = [float(ref[i]) for i in keep] if ref is not None else None
     return out, stats
 
 

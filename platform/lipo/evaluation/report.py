@@ -14,17 +14,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lipo import tracking
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")  # no display on servers and CI; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+
+from lipo import tracking  # noqa: E402
 
 
 def histogram(path: Path, policy: list[float], baseline: list[float], xlabel: str, title: str) -> Path:
     """Overlaid histograms of the two sides' scores, on shared bins (PNG, headless Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and CI
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     both = np.asarray(policy + baseline, dtype=float)
     bins = np.histogram_bin_edges(both, bins=min(30, max(5, len(both) // 4)))
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)

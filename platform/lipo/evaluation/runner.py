@@ -19,6 +19,7 @@ import asyncio
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+import httpx
 import numpy as np
 import pyarrow as pa
 
@@ -79,15 +80,11 @@ class Client:
     """A tiny async client for a lipo server: bearer auth, bounded retries on 503 and dropped connections."""
 
     def __init__(self, url: str, api_key: str | None, timeout_s: float, retries: int):
-        import httpx
-
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=timeout_s)
         self.retries = retries
 
     async def request(self, method: str, path: str, body: dict | None = None) -> dict:
-        import httpx
-
         for attempt in range(self.retries + 1):
             try:
                 r = await self.http.request(method, path, json=body)

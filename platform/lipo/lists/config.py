@@ -3,9 +3,9 @@
     cfg = load_config(BuildListsConfig, "configs/build_lists_example.yaml", ["generate.num_candidates=8"])
 
 Sections: `input` (prompt files, prompt token limit), `generate` (the SFT policy samples K candidates; `null` when
-the input rows already carry `responses`), `score` (one of four scorers), `label` (scores -> psi in [0, 1]),
-`reference` (reference log-probs; `null` to leave them to training), `output` (dataset directory, shard size),
-`resources` (batch size, pool size, CPUs and GPUs per stage), `tracking`, plus `seed` and `on_invalid`.
+the input rows already carry `responses`), `score` (one of four scorers), `label` (scores -> psi in [0, 1], see
+`lipo.labels`), `reference` (reference log-probs; `null` to leave them to training), `output` (dataset directory,
+shard size), `resources` (batch size, pool size, CPUs and GPUs per stage), `tracking`, plus `seed` and `on_invalid`.
 Every section forbids unknown keys, so a typo fails with a message that names it.
 
 Two settings must match the `lipo train` config that will read the output, because the stored reference log-probs
@@ -21,9 +21,9 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from lipo.config import Strict, config_hash
+from lipo.labels import LabelName
 
 ScorerName = Literal["pointwise", "pairwise", "function", "existing"]
-LabelName = Literal["minmax", "rank", "sigmoid", "winrate", "identity"]
 DType = Literal["float32", "bfloat16", "float16"]
 _FUNCTION_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _RESERVED_FIELDS = {"id", "prompt", "prompt_messages", "reference", "responses"}
@@ -57,8 +57,8 @@ class ScoreConfig(Strict):
     model: str | None = None  # pointwise / pairwise: reward model spec (HF dir, hub id, builtin:tiny-reward)
     dtype: DType = "float32"
     max_tokens: int = Field(1024, ge=1)  # reward model input limit; the END of a too-long text is kept
-    # pairwise: the text the ranking model reads, with {prompt}, {a}, {b}; null: lipo.models.reward's default.
-    # (A null default also keeps this module free of torch imports, which actors that need no model appreciate.)
+    # pairwise: the text the ranking model reads, with {prompt}, {a}, {b}; null: lipo.models.templates'
+    # DEFAULT_PAIR_TEMPLATE (null, not the text itself, so that existing outputs keep their config hash).
     pair_template: str | None = None
     function: str | None = None  # function: "module:func", called as func(prompt, response, **function_kwargs)
     function_kwargs: dict[str, Any] = {}
@@ -81,7 +81,7 @@ class ScoreConfig(Strict):
 
 
 class LabelConfig(Strict):
-    method: LabelName = "minmax"
+    method: LabelName = "minmax"  # see lipo.labels
     temperature: float = Field(1.0, gt=0)  # sigmoid: psi = sigmoid(score / temperature)
 
 

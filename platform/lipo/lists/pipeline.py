@@ -4,7 +4,7 @@
     execute(plan, on_shard=...)         # generate -> reference -> score+label, one actor pool each
     manifest = finalize(plan)           # checks completeness, writes _manifest.json
 
-Run it with `lipo build-lists CONFIG.yaml` (see `workflows/build_lists.py`).
+Run it with `lipo build-lists CONFIG.yaml`; `lipo.lists.build.build_lists` drives these steps with MLflow tracking.
 
 The pipeline is one Ray Data dataset over all pending shards, one block per shard, each stage a `map_batches` over
 its own actor pool (`concurrency`, `num_cpus`, `num_gpus` from `resources.<stage>`). Actors are restarted when they
@@ -21,6 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import ray.data
+from ray.data import ActorPoolStrategy
+from tqdm import tqdm
+
 from lipo import __version__
 from lipo.data.readers import ReadReport
 from lipo.errors import LipoError
@@ -28,7 +32,11 @@ from lipo.lists.config import BuildListsConfig, identity_hash
 from lipo.lists.manifest import (
     SCHEMA_VERSION, OutputDir, check_resumable, open_output, shard_record, summarize, write_json)
 from lipo.lists.prompts import Shard, ids_digest, plan_shards, read_prompts
+from lipo.lists.scorers import resolve_function
 from lipo.lists.stages import CANDIDATE_DROPS, GenerateStage, ReferenceStage, ScoreStage, work_table
+from lipo.lists.vllm_engine import check_vllm, vllm_generate
+from lipo.models.loading import check_model_spec, load_tokenizer
+from lipo.models.reward_loading import check_reward_spec
 
 
 @dataclass
@@ -46,15 +54,9 @@ class Plan:
 
 def check_environment(cfg: BuildListsConfig) -> None:
     """Model specs, the scoring function and optional engines, checked on the driver before anything heavy."""
-    from lipo.lists.scorers import resolve_function
-    from lipo.models.loading import check_model_spec
-    from lipo.models.reward_loading import check_reward_spec
-
     if cfg.generate is not None:
         check_model_spec(cfg.generate.model, "generate.model")
         if cfg.generate.engine == "vllm":
-            from lipo.lists.vllm_engine import check_vllm
-
             check_vllm()
     if cfg.reference is not None:
         check_model_spec(cfg.reference_model, "reference.model")
@@ -65,8 +67,6 @@ def check_environment(cfg: BuildListsConfig) -> None:
 
 
 def prepare(cfg: BuildListsConfig) -> Plan:
-    from lipo.models.loading import load_tokenizer
-
     check_environment(cfg)
     try:
         tokenizer = load_tokenizer(cfg.tokenizer_model) if cfg.tokenizer_model else None
@@ -86,8 +86,6 @@ def prepare(cfg: BuildListsConfig) -> Plan:
 
 
 def _map(ds, stage: type, plan: Plan, res):
-    from ray.data import ActorPoolStrategy
-
     pool = (ActorPoolStrategy(size=res.concurrency) if isinstance(res.concurrency, int)
             else ActorPoolStrategy(min_size=res.concurrency[0], max_size=res.concurrency[1]))
     # Fault tolerance: Ray Data 2.60 creates pool actors with max_restarts=-1 and max_task_retries=-1 unless told
@@ -100,21 +98,13 @@ def _map(ds, stage: type, plan: Plan, res):
         batch_size=None, batch_format="pyarrow", num_cpus=res.num_cpus, num_gpus=res.num_gpus)
 
 
-def _vllm(ds, plan: Plan):
-    from lipo.lists.vllm_engine import vllm_generate
-
-    return vllm_generate(ds, plan.cfg)
-
-
 GENERATE_ENGINES: dict[str, Callable[[Any, Plan], Any]] = {
     "hf": lambda ds, plan: _map(ds, GenerateStage, plan, plan.cfg.resources.generate),
-    "vllm": _vllm,
+    "vllm": lambda ds, plan: vllm_generate(ds, plan.cfg),
 }
 
 
 def build_dataset(plan: Plan):
-    import ray.data
-
     cfg = plan.cfg
     ds = ray.data.from_arrow([work_table(s.index, s.table) for s in plan.pending])  # one block per shard
     if cfg.generate is not None:
@@ -151,9 +141,11 @@ def _user_message(exc: BaseException) -> str | None:
 
 
 def execute(plan: Plan, on_shard: Callable[[int, dict], None] | None = None) -> None:
-    """Run the pipeline over the pending shards, writing each shard as soon as all its rows are back."""
-    from tqdm import tqdm
+    """Run the pipeline over the pending shards, writing each shard as soon as all its rows are back.
 
+    A LipoError raised inside an actor (a user's mistake, e.g. the scoring function's) comes back as a LipoError with
+    its one-line message; any other exception (a bug) propagates as it is, traceback and all.
+    """
     expected = {s.index: s for s in plan.pending}
     buffers: dict[int, dict[str, dict]] = {i: {} for i in expected}
     done = len(plan.shards) - len(plan.pending)
@@ -180,10 +172,9 @@ def execute(plan: Plan, on_shard: Callable[[int, dict], None] | None = None) -> 
         raise
     except Exception as exc:
         message = _user_message(exc)
-        if message is not None:
-            raise LipoError(message) from exc
-        last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        raise LipoError(f"build-lists pipeline failed: {last}") from exc
+        if message is None:
+            raise
+        raise LipoError(message) from exc
     finally:
         bar.close()
     if buffers or done != len(plan.shards):

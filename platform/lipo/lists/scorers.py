@@ -18,6 +18,7 @@ list of floats per row, aligned with `responses`; `build_scorer` picks the facto
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -25,6 +26,9 @@ from typing import Any, Protocol
 from lipo.data.records import prompt_of
 from lipo.errors import LipoError
 from lipo.lists.config import ScoreConfig, ScorerName
+from lipo.models.reward import classify, pairwise_matrix, pointwise_text, winrate_labels
+from lipo.models.reward_loading import load_reward_model
+from lipo.models.templates import DEFAULT_PAIR_TEMPLATE
 
 
 class Scorer(Protocol):
@@ -47,8 +51,6 @@ def resolve_function(path: str, key: str = "score.function") -> Callable[..., An
 def reference_similarity(prompt: Any, response: str, reference: str | None = None) -> float:
     """A ready-made verifiable reward for the function scorer: similarity in [0, 1] of the response to the
     reference answer (difflib's ratio on stripped text; 1.0 = exact match). Use with `score.pass_reference: true`."""
-    import difflib
-
     if reference is None:
         raise ValueError("reference_similarity needs the prompt's `reference` (set score.pass_reference: true)")
     return difflib.SequenceMatcher(None, response.strip(), reference.strip()).ratio()
@@ -59,8 +61,6 @@ class PointwiseScorer:
         self.model, self.tokenizer, self.max_tokens = model, tokenizer, max_tokens
 
     def __call__(self, rows: list[dict[str, Any]]) -> list[list[float]]:
-        from lipo.models.reward import classify, pointwise_text
-
         # one classifier pass over every (prompt, response) of the micro-batch, then split back per list
         texts = [pointwise_text(prompt_of(r), y, self.tokenizer) for r in rows for y in r["responses"]]
         flat = classify(self.model, self.tokenizer, texts, self.max_tokens, max(1, len(texts))).tolist()  # [sum K]
@@ -76,8 +76,6 @@ class PairwiseScorer:
         self.model, self.tokenizer, self.template, self.max_tokens = model, tokenizer, template, max_tokens
 
     def __call__(self, rows: list[dict[str, Any]]) -> list[list[float]]:
-        from lipo.models.reward import pairwise_matrix, winrate_labels
-
         out = []
         for r in rows:
             P = pairwise_matrix(self.model, self.tokenizer, prompt_of(r), r["responses"], self.template,
@@ -112,17 +110,11 @@ class ExistingScorer:
 
 
 def _pointwise(cfg: ScoreConfig, device: str) -> Scorer:
-    from lipo.models.reward_loading import load_reward_model
-
     model, tok = load_reward_model(cfg.model, cfg.dtype)
     return PointwiseScorer(model.to(device), tok, cfg.max_tokens)
 
 
 def _pairwise(cfg: ScoreConfig, device: str) -> Scorer:
-    from lipo.models.reward_loading import load_reward_model
-
-    from lipo.models.reward import DEFAULT_PAIR_TEMPLATE
-
     model, tok = load_reward_model(cfg.model, cfg.dtype)
     return PairwiseScorer(model.to(device), tok, cfg.pair_template or DEFAULT_PAIR_TEMPLATE, cfg.max_tokens)
 

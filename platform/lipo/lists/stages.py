@@ -21,10 +21,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
+import torch
 
 from lipo.data.records import LIST_SCHEMA, prompt_of
+from lipo.data.tokenize import TokenizeSpec, tokenize_list
+from lipo.labels import LabelError, labeler
 from lipo.lists.config import BuildListsConfig
-from lipo.lists.labels import LabelError, label_list
+from lipo.lists.scorers import build_scorer
+from lipo.models.generate import SamplingParams, sample
+from lipo.models.loading import load_causal_lm, load_tokenizer
+from lipo.models.packed_logps import score_lists
 
 _FLOATS = pa.list_(pa.float64())
 WORK_SCHEMA = pa.schema([
@@ -74,9 +80,6 @@ class GenerateStage:
     """Samples K candidates per prompt from the SFT policy (`lipo.models.generate.sample`, seeded per prompt)."""
 
     def __init__(self, cfg: dict[str, Any]):
-        from lipo.models.generate import SamplingParams
-        from lipo.models.loading import load_causal_lm, load_tokenizer
-
         self.cfg = BuildListsConfig.model_validate(cfg)
         g, res = self.cfg.generate, self.cfg.resources.generate
         self.model = load_causal_lm(g.model, g.dtype).to(_device(res.num_gpus))
@@ -85,8 +88,6 @@ class GenerateStage:
         self.batch_size = res.batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from lipo.models.generate import sample
-
         g = self.cfg.generate
         rows = batch.to_pylist()
         for chunk in _chunks(_live(rows), self.batch_size):
@@ -114,9 +115,6 @@ class ReferenceStage:
     """Applies training's tokenisation drops, then computes `ref_logps` with the frozen reference model."""
 
     def __init__(self, cfg: dict[str, Any]):
-        from lipo.data.tokenize import TokenizeSpec
-        from lipo.models.loading import load_causal_lm, load_tokenizer
-
         self.cfg = BuildListsConfig.model_validate(cfg)
         ref, res = self.cfg.reference, self.cfg.resources.reference
         spec = self.cfg.reference_model
@@ -127,10 +125,6 @@ class ReferenceStage:
         self.batch_size, self.packing = res.batch_size, ref.packing
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import torch
-
-        from lipo.models.packed_logps import score_lists
-
         rows = batch.to_pylist()
         items = [(r, it) for r in _live(rows) if (it := tokenize_row(r, self.tokenizer, self.spec)) is not None]
         for chunk in _chunks(items, self.batch_size):
@@ -142,39 +136,35 @@ class ReferenceStage:
         return pa.Table.from_pylist(rows, schema=WORK_SCHEMA)
 
 
-def tokenize_row(row: dict[str, Any], tokenizer, spec) -> dict | None:
+def tokenize_row(row: dict[str, Any], tokenizer, spec: TokenizeSpec) -> dict | None:
     """Tokenise `row` exactly as training will, drop what training would drop (in place), return the token ids.
 
-    `tokenize_list` carries each response's label through its drops; passing the response indices as labels gets
-    back the indices it kept, so this reuses its rules instead of restating them.
+    `tokenize_list` (training's rules, not restated here) says which responses it kept; the same drops are applied
+    to the row's `responses` and `given` columns.
     """
-    from lipo.data.tokenize import tokenize_list
-
-    k = len(row["responses"])
-    probe = {"prompt": row["prompt"], "prompt_messages": row["prompt_messages"], "responses": row["responses"],
-             "labels": [float(i) for i in range(k)]}
-    tl, stats = tokenize_list(probe, tokenizer, spec)
+    item = {"prompt": row["prompt"], "prompt_messages": row["prompt_messages"], "responses": row["responses"]}
+    tl, stats = tokenize_list(item, tokenizer, spec)
     for name in ("response_truncated", "dropped_empty_response", "dropped_duplicate_response"):
         row["events"] = row["events"] + [name] * stats.counts.get(name, 0)
     if tl is None:
         row["drop"] = "reference: fewer than 2 responses left after tokenisation"
         return None
-    keep = [int(i) for i in tl["labels"]]
+    keep = tl["keep"]
     row["responses"] = [row["responses"][i] for i in keep]
     if row.get("given") is not None:
         row["given"] = [row["given"][i] for i in keep]
+    # the batch builders behind score_lists read a `labels` field; its values play no part in the log-probs
     return {"prompt_ids": tl["prompt_ids"], "response_ids": tl["response_ids"], "labels": [0.0] * len(keep)}
 
 
 class ScoreStage:
-    """Scores every candidate (`lipo.lists.scorers`) and turns the scores into labels (`lipo.lists.labels`)."""
+    """Scores every candidate (`lipo.lists.scorers`) and turns the scores into labels (`lipo.labels`)."""
 
     def __init__(self, cfg: dict[str, Any]):
-        from lipo.lists.scorers import build_scorer
-
         self.cfg = BuildListsConfig.model_validate(cfg)
         res = self.cfg.resources.score
         self.scorer = build_scorer(self.cfg.score, _device(res.num_gpus))
+        self.label = labeler(self.cfg.label.method, self.cfg.label.temperature)  # resolved once, called per list
         self.batch_size = res.batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -183,7 +173,7 @@ class ScoreStage:
             for row, scores in zip(chunk, self.scorer(chunk), strict=True):  # scores: [K] per row
                 row["rewards"] = [float(s) for s in scores]
                 try:
-                    row["labels"] = label_list(row["rewards"], self.cfg.label)
+                    row["labels"] = self.label(row["rewards"])
                 except LabelError as exc:
                     row["drop"] = str(exc)
         return pa.Table.from_pylist(rows, schema=WORK_SCHEMA)

@@ -30,7 +30,7 @@ def check_vllm() -> None:
 
 
 def vllm_generate(ds, cfg: BuildListsConfig):
-    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig  # the optional vLLM path: imported on use
 
     g, res = cfg.generate, cfg.resources.generate
     k = g.num_candidates

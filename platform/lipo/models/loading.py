@@ -12,8 +12,10 @@ import os
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from lipo.errors import LipoError
+from lipo.models.tiny import byte_tokenizer, tiny_llama, tiny_reward_model
 
 BUILTINS = ("builtin:tiny-llama", "builtin:tiny-llama-chat")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -40,11 +42,7 @@ def check_model_spec(spec: str, key: str = "model.path") -> None:
 def load_tokenizer(spec: str):
     """The tokenizer of `spec`; a pad token is set (to EOS) when the model has none, for batching."""
     if spec.startswith("builtin:"):
-        from lipo.models.tiny import byte_tokenizer
-
         return byte_tokenizer(chat_template=spec.endswith("-chat"))
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(str(Path(spec).expanduser()) if _looks_local(spec) else spec)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -54,11 +52,7 @@ def load_tokenizer(spec: str):
 def load_causal_lm(spec: str, dtype: str = "float32", attn_implementation: str = "sdpa"):
     """A causal LM in `dtype`, in eval mode; builtin models are built in memory from a fixed seed."""
     if spec.startswith("builtin:"):
-        from lipo.models.tiny import tiny_llama
-
         return tiny_llama(seed=0, attn_implementation=attn_implementation).to(DTYPES[dtype])
-    from transformers import AutoModelForCausalLM
-
     path = str(Path(spec).expanduser()) if _looks_local(spec) else spec
     model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
     return model.eval()
@@ -71,11 +65,7 @@ def load_sequence_classifier(spec: str, dtype: str = "float32"):
     `builtin:*` gives the tiny classifier of `lipo.models.tiny`.
     """
     if spec.startswith("builtin:"):
-        from lipo.models.tiny import tiny_reward_model
-
         return tiny_reward_model(seed=0).to(DTYPES[dtype])
-    from transformers import AutoModelForSequenceClassification
-
     path = str(Path(spec).expanduser()) if _looks_local(spec) else spec
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=DTYPES[dtype])
     if model.config.pad_token_id is None:  # the head reads the last non-pad token, so it needs the pad id

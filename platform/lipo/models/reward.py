@@ -17,8 +17,7 @@ from typing import Any
 import torch
 
 from lipo.data.tokenize import prompt_messages
-
-DEFAULT_PAIR_TEMPLATE = "Prompt: {prompt}\nResponse A: {a}\nResponse B: {b}\nIs response A better than B?"
+from lipo.models.templates import DEFAULT_PAIR_TEMPLATE
 
 
 def prompt_text(prompt: Any) -> str:

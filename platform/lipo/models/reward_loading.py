@@ -14,8 +14,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
 from lipo.errors import LipoError
 from lipo.models.loading import DTYPES, check_model_spec
+from lipo.models.tiny import byte_tokenizer, tiny_reward_model
 
 REWARD_BUILTINS = ("builtin:tiny-reward", "builtin:tiny-reward-chat")
 
@@ -36,13 +39,9 @@ def load_reward_model(spec: str, dtype: str = "float32"):
     right-padded row by looking for the first pad, so the two must agree.
     """
     if spec.startswith("builtin:"):
-        from lipo.models.tiny import byte_tokenizer, tiny_reward_model
-
         check_reward_spec(spec)
         tok = byte_tokenizer(chat_template=spec.endswith("-chat"))
         return tiny_reward_model(seed=0).to(DTYPES[dtype]), tok
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     path = str(Path(spec).expanduser()) if spec.startswith("~") else spec  # a local directory or a hub id
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token_id is None:

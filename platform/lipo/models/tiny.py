@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 # A minimal role-tagged template: lets tests exercise the chat-template path without any hub download.
@@ -66,8 +66,6 @@ def tiny_llama(vocab_size: int = 259, seed: int = 0, width: int = 64, layers: in
 def tiny_reward_model(vocab_size: int = 259, seed: int = 0, width: int = 64, layers: int = 2):
     """A tiny Llama sequence classifier with one output: a pointwise reward model, or a pairwise one whose logit
     is log-odds that the first response beats the second."""
-    from transformers import LlamaForSequenceClassification
-
     config = tiny_llama_config(vocab_size, width, layers)
     config.num_labels = 1
     with torch.random.fork_rng(devices=[]):

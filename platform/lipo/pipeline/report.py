@@ -5,6 +5,11 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI; must precede pyplot
+import matplotlib.pyplot as plt  # noqa: E402
+
 PAPER_NAMES = {"point_mse": "point-mse", "point_sigmoid": "point-sigmoid", "softmax": "softmax",
                "pair_hinge": "pair-hinge", "pair_logistic": "pair-logistic", "list_mle": "list-mle",
                "lambda": "lambda (LiPO)"}
@@ -50,11 +55,6 @@ def write_report(rows: list[dict], out_dir: Path, full_k: int, name: str) -> Pat
 
 
 def _plot(rows: list[dict], objectives: list[str], ks: list[int], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
     for ax, prefix, title in ((axes[0], "", "proxy reward model"), (axes[1], "fn_", "gold reward")):
         for obj in objectives:

@@ -10,7 +10,15 @@ import json
 import tempfile
 from pathlib import Path
 
+import torch
+
 from lipo import tracking
+from lipo.data.readers import read_lists
+from lipo.data.records import prompt_of
+from lipo.lists.scorers import resolve_function
+from lipo.metrics import pairwise_accuracy
+from lipo.pipeline.resolve import GOLD_REWARD
+from lipo.tracking import StageRun
 
 
 def register_model(uri: str, train_run_id: str, name: str, alias: str) -> dict:
@@ -33,13 +41,6 @@ def judge_agreement(lists_dir: str, judge: str) -> float | None:
     With the world's gold reward as judge this is the reward model's accuracy on the very lists LiPO learns from;
     it, more than held-out accuracy on the reward model's own data, bounds how much of the proxy's gain is real.
     """
-    import torch
-
-    from lipo.data.readers import read_lists
-    from lipo.data.records import prompt_of
-    from lipo.lists.scorers import resolve_function
-    from lipo.training.metrics import pairwise_accuracy
-
     fn = resolve_function(judge)
     rows = [r for r in read_lists(lists_dir)[0].to_pylist() if r["rewards"] is not None]
     verdicts = [[fn(prompt_of(r), y) for y in r["responses"]] for r in rows]
@@ -61,7 +62,7 @@ def _fmt_rate(m: dict, prefix: str) -> str:
             f"{m[f'{prefix}win_rate_ci_high']:.3f}, {int(m['eval/prompts'])} prompts)")
 
 
-def report_summary(uri: str, parent_run_id: str, cfg, res: dict, skipped: list[str]) -> dict:
+def report_summary(parent: StageRun, cfg, res: dict, skipped: list[str]) -> dict:
     ev = res["evaluate"]["metrics"]
     rm = res.get("reward_model", {}).get("metrics", {})
     tr = res["train"]["metrics"]
@@ -69,8 +70,6 @@ def report_summary(uri: str, parent_run_id: str, cfg, res: dict, skipped: list[s
     pref = res.get("preferences", {}).get("counts", {})
     agreement = None
     if cfg.world is not None and "reward_model" in res:
-        from lipo.pipeline.config import GOLD_REWARD
-
         agreement = judge_agreement(res["build_lists"]["output_dir"], GOLD_REWARD)
     summary = {
         "preference_lists": pref.get("lists"),
@@ -84,10 +83,10 @@ def report_summary(uri: str, parent_run_id: str, cfg, res: dict, skipped: list[s
     }
     numeric = {f"summary/{k.replace('eval/', '')}": float(v) for k, v in summary.items()
                if isinstance(v, (int, float)) and v is not None}
-    tracking.log_metrics(uri, parent_run_id, numeric, 0)
+    parent.log_metrics(numeric, 0)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-        tracking.log_artifacts(uri, parent_run_id, tmp, "")
+        parent.log_artifacts(tmp, "")
     acc = summary["reward_model_heldout_pair_accuracy"]
     lines = [f"===== lipo run '{cfg.name}': summary ====="]
     if pref:
@@ -107,7 +106,7 @@ def report_summary(uri: str, parent_run_id: str, cfg, res: dict, skipped: list[s
     if skipped:
         lines.append(f"skipped (finished earlier): {', '.join(skipped)}")
     lines += [
-        f"MLflow UI:  mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)",
+        f"MLflow UI:  mlflow ui --backend-store-uri {parent.uri}   (then open http://127.0.0.1:5000)",
         f"model:      {summary['policy_model']}" + (f"   registered as {summary['registered']}"
                                                      if summary["registered"] else ""),
         f"report:     {summary['eval_report']}",

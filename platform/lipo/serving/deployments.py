@@ -23,6 +23,7 @@ from typing import Any
 
 from ray import serve
 
+from lipo.data.tokenize import encode_prompt, encode_response
 from lipo.serving.config import PolicyConfig, RewardConfig
 from lipo.serving.model_source import load_reward, resolve
 
@@ -37,7 +38,7 @@ class PolicyModel:
     """A causal LM: `generate(job)` samples completions, `logprobs(job)` scores given responses."""
 
     def __init__(self, cfg: dict, tracking_uri: str | None = None):
-        import torch
+        import torch  # torch-loading imports stay in the replicas: the ingress and the driver run without torch
 
         from lipo.models.loading import load_causal_lm, load_tokenizer
 
@@ -73,8 +74,7 @@ class PolicyModel:
         return await asyncio.to_thread(self._sample_jobs, jobs)
 
     def _sample_jobs(self, jobs: list[dict]) -> list[dict]:
-        from lipo.data.tokenize import encode_prompt
-        from lipo.models.generate import SamplingParams, truncate_at_stop, sample_ids
+        from lipo.models.generate import SamplingParams, truncate_at_stop, sample_ids  # imports torch: replica only
 
         self.calls["generate_requests"] += len(jobs)
         rows = []  # (params, job index, prompt ids, seed), one per choice
@@ -107,10 +107,9 @@ class PolicyModel:
         return await asyncio.to_thread(self._logprobs, job)
 
     def _logprobs(self, job: dict) -> dict:
-        import torch
+        import torch  # replica only, like every torch-loading import in this module
 
         from lipo.data.collate import collate_lists
-        from lipo.data.tokenize import encode_prompt, encode_response
         from lipo.models.logps import sequence_logps
 
         self.calls["logprobs_requests"] += 1
@@ -134,7 +133,7 @@ class RewardModel:
     """
 
     def __init__(self, cfg: dict, tracking_uri: str | None = None):
-        import torch
+        import torch  # replica only, like every torch-loading import in this module
 
         self.cfg = RewardConfig.model_validate(cfg)
         self.model, self.tok = load_reward(resolve(self.cfg.model, tracking_uri))
@@ -165,7 +164,7 @@ class RewardModel:
         return await asyncio.to_thread(self._run, jobs)
 
     def _run(self, jobs: list[tuple]) -> list:
-        from lipo.models import reward as rw
+        from lipo.models import reward as rw  # imports torch: replica only
 
         self.calls["judge_requests"] += len(jobs)
         self.calls["forward_batches"] += 1

@@ -32,10 +32,10 @@ def check_source(spec: str, key: str, reward: bool = False) -> None:
             raise LipoError(f"{key}: incomplete MLflow URI '{spec}' (e.g. models:/NAME@ALIAS or runs:/RUN_ID/model)")
         return
     if reward:
-        from lipo.models.reward_loading import check_reward_spec
+        from lipo.models.reward_loading import check_reward_spec  # imports torch: only when a spec is checked
 
         return check_reward_spec(spec, key)
-    from lipo.models.loading import check_model_spec
+    from lipo.models.loading import check_model_spec  # imports torch: only when a spec is checked
 
     check_model_spec(spec, key)
 
@@ -51,7 +51,7 @@ def _hf_dir(root: Path, spec: str) -> Path:
 
 def _registry_source(spec: str, uri: str | None) -> str:
     """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> the artifact location of that model version."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # mlflow is slow to import and needed for MLflow URIs only
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name, _, version = spec[len("models:/"):].partition("/")
@@ -65,7 +65,7 @@ def resolve(spec: str, tracking_uri: str | None = None, cache_dir: str | None = 
     """A spec `lipo.models.loading` understands: MLflow URIs are downloaded to a local directory first."""
     if not is_mlflow_uri(spec):
         return spec
-    import mlflow.artifacts
+    import mlflow.artifacts  # only for MLflow URIs (slow to import)
 
     if spec.startswith("runs:/") and "/" not in spec[len("runs:/"):].strip("/"):
         spec = f"runs:/{spec[len('runs:/'):].strip('/')}/model"  # a bare run: its logged model directory
@@ -84,6 +84,6 @@ def resolve(spec: str, tracking_uri: str | None = None, cache_dir: str | None = 
 
 def load_reward(spec: str, dtype: str = "float32"):
     """(model, tokenizer) of a one-output sequence-classifier reward model (`lipo.models.reward_loading`)."""
-    from lipo.models.reward_loading import load_reward_model
+    from lipo.models.reward_loading import load_reward_model  # imports torch: the reward replica only
 
     return load_reward_model(spec, dtype)

@@ -23,7 +23,10 @@ import os
 import sys
 from pathlib import Path
 
+from starlette.exceptions import HTTPException
+
 from lipo.errors import LipoError
+from lipo.serving.schemas import error_body
 
 KEY_ENV = "LIPO_API_KEY"
 KEY_FILE_ENV = "LIPO_API_KEY_FILE"
@@ -101,8 +104,6 @@ def _header(scope, name: bytes) -> bytes | None:
 
 
 async def _reply(send, status: int, message: str, extra_headers: list[tuple[bytes, bytes]] = ()) -> None:
-    from lipo.serving.schemas import error_body
-
     body = json.dumps(error_body(message, status)).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                *extra_headers]
@@ -146,8 +147,6 @@ class Guard:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    from starlette.exceptions import HTTPException
-
                     # FastAPI re-raises HTTPException from body parsing unchanged (others become 400s).
                     raise HTTPException(413, f"request body exceeds the limit of {self.max_bytes} bytes")
             return message

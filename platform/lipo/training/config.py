@@ -8,17 +8,24 @@
 
 They share the sections of `StageConfig` (model, data, optim, deepspeed, scaling, checkpoint, tracking); every
 section forbids unknown keys, so a typo fails with a message that names it.
+
+This module imports no torch: the CLI loads it for every command (and `lipo --help`), so the objective names are
+written here as a Literal and `tests/lipo/training/test_training_config.py` checks them against `lipo.losses`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from lipo.config import Strict
-from lipo.losses import LambdaWeightName, ObjectiveName
-from lipo.models.reward import DEFAULT_PAIR_TEMPLATE
+from lipo.models.templates import DEFAULT_PAIR_TEMPLATE
+
+# The keys of `lipo.losses.LOSSES` and `LAMBDA_WEIGHTS` (checked by a test; see the module docstring).
+ObjectiveName = Literal["point_mse", "point_sigmoid", "softmax", "pair_hinge", "pair_logistic", "list_mle", "lambda"]
+LambdaWeightName = Literal["dcg", "dcg2", "label_diff", "constant"]
 
 
 class LoraConfig(Strict):
@@ -108,10 +115,14 @@ class StageConfig(Strict):
     tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> "StageConfig":
         if self.run_name is not None and not self.run_name.replace("-", "").replace("_", "").isalnum():
             raise ValueError("run_name may hold only letters, digits, '-' and '_'")
         return self
+
+    def model_dir(self, run_name: str | None = None) -> Path:
+        """Where the run's exported Hugging Face model goes: `<output_dir>/<run_name>/model` (the one definition)."""
+        return Path(self.output_dir).expanduser().resolve() / (run_name or self.run_name) / "model"
 
 
 class TrainConfig(StageConfig):

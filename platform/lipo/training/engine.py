@@ -10,6 +10,7 @@ import math
 import os
 from pathlib import Path
 
+import deepspeed
 import torch
 
 from lipo.training.config import TrainConfig
@@ -49,8 +50,6 @@ def ds_config(cfg: TrainConfig, world: int, train: bool = True, n_params: int = 
 
 
 def build_engine(model: torch.nn.Module, cfg: TrainConfig, world: int, total_steps: int):
-    import deepspeed
-
     o = cfg.optim
 
     def scheduler(optimizer):
@@ -69,8 +68,6 @@ def build_reference(model: torch.nn.Module, cfg: TrainConfig, world: int):
     model.requires_grad_(False)
     if cfg.deepspeed.stage != 3:
         return model.to("cuda" if cfg.scaling.use_gpu else "cpu").eval()
-    import deepspeed
-
     n_params = sum(p.numel() for p in model.parameters())
     engine, *_ = deepspeed.initialize(model=model, config=ds_config(cfg, world, train=False, n_params=n_params))
     engine.eval()
@@ -100,8 +97,6 @@ def load_checkpoint(engine, directory: Path, rank: int) -> int:
 
 def export_model(engine, tokenizer, out_dir: Path, stage: int, rank: int) -> None:
     """Write a consolidated safetensors HF model + tokenizer; ZeRO-3 shards are gathered first."""
-    import deepspeed
-
     model = engine.module
     params = list(model.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=stage == 3):

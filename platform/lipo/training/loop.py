@@ -1,9 +1,9 @@
 """The per-worker training loop shared by `lipo train`, `lipo sft` and `lipo train-rm` (Ray Train, DeepSpeed).
 
 Reads top to bottom: setup -> (step -> log -> checkpoint)* -> export. One optimizer step is `grad_accum`
-micro-batches of `micro_batch_size` rows per worker; what a micro-batch computes is the task's `loss`
-(`lipo.training.tasks`), e.g. for LiPO `beta * (log pi - log pi_ref)` scored by an objective from `LOSSES`.
-Launched by `workflows/train.py` (`lipo train CONFIG.yaml`).
+micro-batches of `micro_batch_size` rows per worker; what a micro-batch computes is the task's `loss` (the task
+object, `lipo.training.tasks`, arrives in `config["task"]`), e.g. for LiPO `beta * (log pi - log pi_ref)` scored by
+an objective from `lipo.losses`. Launched by `lipo.training.launch.launch` (`lipo train CONFIG.yaml`).
 """
 
 from __future__ import annotations
@@ -21,12 +21,8 @@ import torch.distributed as dist
 from lipo.models.loading import load_tokenizer
 from lipo.models.packed_logps import batch_token_count
 from lipo.training import engine as eng
-from lipo.training.config import RewardTrainConfig, SFTConfig, TrainConfig
 from lipo.training.plan import BatchPlan
-from lipo.training.tasks import TASKS
-
-CONFIGS = {"lipo": TrainConfig, "sft": SFTConfig, "reward_pointwise": RewardTrainConfig,
-           "reward_pairwise": RewardTrainConfig}
+from lipo.training.tasks import Task
 
 
 def _plain(v):
@@ -47,8 +43,8 @@ def load_rows() -> list[dict]:
 
 def train_loop(config: dict) -> None:
     # ---- setup
-    task_name = config["task"]
-    cfg = CONFIGS[task_name].model_validate(config["cfg"])
+    task: Task = config["task"]
+    cfg = task.cfg
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed + rank)
@@ -58,9 +54,8 @@ def train_loop(config: dict) -> None:
                      cfg.optim.max_steps, cfg.seed)
     tokenizer = load_tokenizer(cfg.model.path)
     has_ref = all(r.get("ref_logps") is not None for r in rows)
-    task = TASKS[task_name](cfg, tokenizer.pad_token_id, has_ref)
     engine = eng.build_engine(task.build_model(), cfg, world, plan.total_steps)
-    ref = task.build_reference(world)
+    ref = task.build_reference(world, has_ref)
     start = 0
     if (ckpt := ray.train.get_checkpoint()) is not None:
         with ckpt.as_directory() as d:
@@ -72,7 +67,7 @@ def train_loop(config: dict) -> None:
         t0, sums, tokens = time.perf_counter(), None, 0
         for micro in range(cfg.optim.grad_accum):
             items = [rows[i] for i in plan.indices(step, micro, rank)]
-            batch = {k: v.to(device) for k, v in task.collate(items).items()}
+            batch = {k: v.to(device) for k, v in task.collate(items, tokenizer.pad_token_id).items()}
             loss, m = task.loss(engine, ref, batch)
             engine.backward(loss)
             engine.step()

@@ -1,9 +1,9 @@
 """Driver-side preparation for every training stage: everything that can fail because of the user, before Ray.
 
-    prep = prepare(cfg, task="lipo")   # raises LipoError naming the key, file, row or field
+    prep = prepare(ListwiseTask(cfg))   # raises LipoError naming the key, file, row or field
 
-It checks the model specs and environment, then builds the task's rows (`lipo.training.rows`), counting every
-truncation and drop.
+It checks the model specs and environment, then builds the task's rows (`task.rows`), counting every truncation
+and drop.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from lipo.errors import LipoError
 from lipo.models.loading import check_model_spec, load_tokenizer
-from lipo.training.rows import ROWS
+from lipo.training.tasks import Task
 
 
 @dataclass
@@ -34,29 +36,28 @@ def check_environment(cfg) -> None:
         check_model_spec(cfg.model.reference, "model.reference")
     if cfg.model.lora is not None:
         try:
-            import peft  # noqa: F401
+            import peft  # noqa: F401  (optional dependency: lipo[lora])
         except ImportError:
             raise LipoError("model.lora needs the `peft` package: pip install 'lipo[lora]'") from None
         if cfg.deepspeed.stage == 3:
             raise LipoError("model.lora with deepspeed.stage 3 is not supported; use stage 0-2")
     if cfg.scaling.use_gpu:
-        import torch
-
         if not torch.cuda.is_available():
             raise LipoError("scaling.use_gpu is true but no CUDA device is visible on the driver")
 
 
-def prepare(cfg, task: str) -> Prepared:
+def prepare(task: Task) -> Prepared:
+    cfg = task.cfg
     check_environment(cfg)
-    run_name = cfg.run_name or time.strftime(f"{task.split('_')[0]}-%Y%m%d-%H%M%S")
+    run_name = cfg.run_name or time.strftime(f"{task.stage}-%Y%m%d-%H%M%S")
     output_dir = Path(cfg.output_dir).expanduser().resolve()
     try:
         tokenizer = load_tokenizer(cfg.model.path)
     except OSError as exc:
         raise LipoError(f"model.path: cannot load tokenizer of '{cfg.model.path}': {exc}".splitlines()[0]) from None
-    rows, metrics, summary = ROWS[task](cfg, tokenizer)
+    rows, metrics, summary = task.rows(tokenizer)
     if not rows:
         raise LipoError(f"no usable rows left in {cfg.data.train} ({summary})")
     for i, row in enumerate(rows):
         row["idx"] = i
-    return Prepared(run_name, output_dir, output_dir / run_name / "model", rows, metrics, summary, tokenizer)
+    return Prepared(run_name, output_dir, cfg.model_dir(run_name), rows, metrics, summary, tokenizer)

@@ -10,6 +10,7 @@ import threading
 from typing import Callable
 
 import ray
+from tqdm import tqdm
 
 
 @ray.remote(num_cpus=0)
@@ -27,8 +28,6 @@ class ProgressSink:
 
 def follow(fit: Callable[[], object], sink, on_metrics: Callable[[int, dict], None], desc: str):
     """Run `fit()` in a thread; meanwhile show a progress bar and hand every metrics push to `on_metrics`."""
-    from tqdm import tqdm
-
     box: dict = {}
 
     def target() -> None:

@@ -1,45 +1,67 @@
-"""What a training stage computes per micro-batch, behind one `Task` protocol; the loop in `loop.py` is shared.
+"""What each training stage computes, one object per task; the driver (`launch.py`) and the per-worker loop
+(`loop.py`) are shared and take the task object itself.
 
-- `lipo`: LiPO on lists: `scores = beta * (logp - ref_logp)`, objective from `lipo.losses.LOSSES`.
-- `sft`: mean next-token loss over response tokens of demonstrations (lists of one response).
-- `reward_pointwise`: Bradley-Terry reward model: `pair_logistic` over the rewards of each list's responses.
-- `reward_pairwise`: the paper's pairwise ranking model: BCE on P(first beats second), both orders of each pair.
+A task holds its validated stage config (`task.cfg`) and answers everything the driver and the workers ask:
+- on the driver: `stage` (the MLflow stage tag and default run-name prefix), `rows(tokenizer)` (read, validate and
+  tokenise the data, counting every drop), `evaluate(model_dir)` (metrics of the exported model; most tasks: none);
+- on every worker: `build_model()`, `build_reference(world, has_ref)`, `collate(items, pad_id)` and
+  `loss(engine, ref, batch) -> (loss, metrics)`.
 
-Tasks are picked by name from `TASKS`; rows come from `lipo.training.rows`, built on the driver.
+Tasks:
+- `ListwiseTask` (`lipo train`): `scores = beta * (logp - ref_logp)`, scored by an objective from `lipo.losses`.
+- `SFTTask` (`lipo sft`): mean next-token loss over the response tokens of demonstrations.
+- `RewardTask` (`lipo train-rm`, in `reward.py`): a reward model; its `reward.kind` picks the form, `PointwiseForm` (Bradley-Terry:
+  `pair_logistic` over the rewards of each list) or `PairwiseForm` (the paper's pairwise ranking model: BCE on
+  P(first beats second), both orders of each pair). The two forms share everything else.
+
+    result = launch(ListwiseTask(cfg))     # lipo.training.launch; this is what `lipo train CONFIG.yaml` runs
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Protocol
 
 import torch
-import torch.nn.functional as F
 
 from lipo.data.collate import collate_lists
-from lipo.losses import LOSSES, pair_logistic
-from lipo.models.loading import load_causal_lm, load_sequence_classifier
-from lipo.models.logps import sequence_logps
 from lipo.data.packing import is_packed
+from lipo.losses import LOSSES
+from lipo.metrics import ndcg, pairwise_accuracy, top_bottom_margin
+from lipo.models.loading import load_causal_lm
+from lipo.models.logps import sequence_logps
 from lipo.models.packed_logps import batch_logps, make_batch, supports_packing
 from lipo.training import engine as eng
-from lipo.training.metrics import ndcg, pairwise_accuracy, top_bottom_margin
+from lipo.training import rows as R
+from lipo.training.config import SFTConfig, StageConfig, TrainConfig
+
+Batch = dict[str, torch.Tensor]
 
 
 class Task(Protocol):
+    stage: ClassVar[str]
+    cfg: StageConfig
+
+    def rows(self, tokenizer) -> tuple[list[dict], dict[str, float], str]: ...
+
+    def evaluate(self, model_dir: Path) -> dict[str, float]: ...
+
     def build_model(self) -> torch.nn.Module: ...
 
-    def build_reference(self, world: int) -> torch.nn.Module | None: ...
+    def build_reference(self, world: int, has_ref: bool) -> torch.nn.Module | None: ...
 
-    def collate(self, items: list[dict]) -> dict[str, torch.Tensor]: ...
+    def collate(self, items: list[dict], pad_id: int) -> Batch: ...
 
-    def loss(self, engine, ref, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def loss(self, engine, ref, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
-def _causal_lm(cfg) -> torch.nn.Module:
+def causal_lm(cfg: StageConfig) -> torch.nn.Module:
+    """The policy to train, in fp32 (DeepSpeed casts to bf16 on GPU), with a LoRA adapter when configured."""
     model = load_causal_lm(cfg.model.path, "float32", cfg.model.attn_implementation)
     if cfg.model.lora:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # optional dependency (lipo[lora])
 
         lc = cfg.model.lora
         model = get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
@@ -47,35 +69,45 @@ def _causal_lm(cfg) -> torch.nn.Module:
     return model
 
 
+@dataclass
 class ListwiseTask:
-    """Lists are packed (one shared prompt per list, `lipo.data.packing`) when `data.packing` is on and both the
-    policy and the reference support it; otherwise padded to [B, K, T]."""
+    """LiPO on lists. Lists are packed (one shared prompt per list, `lipo.data.packing`) when `data.packing` is on
+    and both the policy and the reference support it; otherwise padded to [B, K, T]."""
 
-    def __init__(self, cfg, pad_id: int, has_ref: bool):
-        self.cfg, self.pad_id, self.has_ref = cfg, pad_id, has_ref
-        self.packing = cfg.data.packing
-        fn = LOSSES[cfg.objective.name]
-        if cfg.objective.name == "lambda":
-            fn = functools.partial(fn, weight=cfg.objective.lambda_weight, normalize=cfg.objective.normalize)
-        self.objective = fn
+    cfg: TrainConfig
+    stage: ClassVar[str] = "train"
+    packing: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.packing = self.cfg.data.packing
+        o = self.cfg.objective
+        fn = LOSSES[o.name]  # resolved once here, never per step
+        self.objective = functools.partial(fn, weight=o.lambda_weight, normalize=o.normalize) if o.name == "lambda" \
+            else fn
+
+    def rows(self, tokenizer):
+        return R.listwise_rows(self.cfg, tokenizer)
+
+    def evaluate(self, model_dir):
+        return {}
 
     def build_model(self):
-        model = _causal_lm(self.cfg)
+        model = causal_lm(self.cfg)
         self.packing = self.packing and supports_packing(model)
         return model
 
-    def build_reference(self, world):
-        if self.has_ref or self.cfg.model.lora:  # data carries ref_logps, or LoRA's base model is the reference
+    def build_reference(self, world, has_ref):
+        if has_ref or self.cfg.model.lora:  # data carries ref_logps, or LoRA's base model is the reference
             return None
         m = self.cfg.model
         ref = load_causal_lm(m.reference or m.path, "float32", m.attn_implementation)
         self.packing = self.packing and supports_packing(ref)
         return eng.build_reference(ref, self.cfg, world)
 
-    def collate(self, items):
-        return make_batch(items, self.pad_id, self.packing)
+    def collate(self, items, pad_id):
+        return make_batch(items, pad_id, self.packing)
 
-    def reference_logps(self, engine, ref, batch) -> torch.Tensor:
+    def reference_logps(self, engine, ref, batch: Batch) -> torch.Tensor:
         if "ref_logps" in batch:
             return batch["ref_logps"]
         with torch.no_grad():
@@ -99,7 +131,7 @@ class ListwiseTask:
                       "log_ratio": log_ratio.detach()[mask].mean().item()}
 
 
-def response_lengths(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def response_lengths(batch: Batch) -> torch.Tensor:
     """[B, K] number of scored tokens of each response, for packed and padded batches alike."""
     B, K = batch["list_mask"].shape
     if is_packed(batch):
@@ -117,88 +149,27 @@ def best_response_nll(logps: torch.Tensor, labels: torch.Tensor, mask: torch.Ten
     return per_token[has_any].mean() if bool(has_any.any()) else logps.sum() * 0.0
 
 
+@dataclass
 class SFTTask:
-    def __init__(self, cfg, pad_id: int, has_ref: bool = False):
-        self.cfg, self.pad_id = cfg, pad_id
+    cfg: SFTConfig
+    stage: ClassVar[str] = "sft"
+
+    def rows(self, tokenizer):
+        return R.sft_rows(self.cfg, tokenizer)
+
+    def evaluate(self, model_dir):
+        return {}
 
     def build_model(self):
-        return _causal_lm(self.cfg)
+        return causal_lm(self.cfg)
 
-    def build_reference(self, world):
+    def build_reference(self, world, has_ref):
         return None
 
-    def collate(self, items):
-        return collate_lists(items, self.pad_id)
+    def collate(self, items, pad_id):
+        return collate_lists(items, pad_id)
 
     def loss(self, engine, ref, batch):
         n_tokens = (batch["response_mask"][..., 1:].sum()).clamp(min=1)
         nll = -sequence_logps(engine, batch).sum() / n_tokens  # mean over response tokens
         return nll, {"loss": nll.item(), "perplexity": float(torch.exp(nll.detach()).item())}
-
-
-def _collate_texts(items: list[dict], key: str, pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad the token rows in `items[*][key]` (lists of rows) into [N, T]."""
-    rows = [r for it in items for r in it[key]]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        attn[i, : len(r)] = 1
-    return {"input_ids": ids, "attention_mask": attn}
-
-
-class PointwiseRewardTask:
-    def __init__(self, cfg, pad_id: int, has_ref: bool = False):
-        self.cfg, self.pad_id = cfg, pad_id
-
-    def build_model(self):
-        return load_sequence_classifier(self.cfg.model.path)
-
-    def build_reference(self, world):
-        return None
-
-    def collate(self, items):
-        K = max(len(it["text_ids"]) for it in items)
-        batch = _collate_texts(items, "text_ids", self.pad_id)
-        labels = torch.zeros((len(items), K))
-        mask = torch.zeros((len(items), K), dtype=torch.bool)
-        slots = []
-        for b, it in enumerate(items):
-            labels[b, : len(it["labels"])] = torch.tensor(it["labels"])
-            mask[b, : len(it["labels"])] = True
-            slots += [b * K + k for k in range(len(it["labels"]))]
-        return {**batch, "labels": labels, "list_mask": mask, "slots": torch.tensor(slots)}
-
-    def loss(self, engine, ref, batch):
-        r = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]  # [N]
-        B, K = batch["labels"].shape
-        scores = torch.zeros(B * K, dtype=r.dtype, device=r.device).index_put((batch["slots"],), r).view(B, K)
-        loss = pair_logistic(scores, batch["labels"], batch["list_mask"])  # Bradley-Terry over every labelled pair
-        acc = pairwise_accuracy(scores.detach(), batch["labels"], batch["list_mask"])
-        return loss, {"loss": loss.item(), "pair_accuracy": acc.item()}
-
-
-class PairwiseRewardTask:
-    def __init__(self, cfg, pad_id: int, has_ref: bool = False):
-        self.cfg, self.pad_id = cfg, pad_id
-
-    def build_model(self):
-        return load_sequence_classifier(self.cfg.model.path)
-
-    def build_reference(self, world):
-        return None
-
-    def collate(self, items):
-        batch = _collate_texts(items, "pair_ids", self.pad_id)
-        return {**batch, "targets": torch.tensor([t for it in items for t in it["targets"]], dtype=torch.float32)}
-
-    def loss(self, engine, ref, batch):
-        logit = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]  # [N]
-        loss = F.binary_cross_entropy_with_logits(logit, batch["targets"])
-        acc = ((logit.detach() > 0).float() == batch["targets"]).float().mean()
-        return loss, {"loss": loss.item(), "pair_accuracy": acc.item()}
-
-
-TASKS = {"lipo": ListwiseTask, "sft": SFTTask, "reward_pointwise": PointwiseRewardTask,
-         "reward_pairwise": PairwiseRewardTask}

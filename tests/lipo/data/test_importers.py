@@ -17,6 +17,7 @@ import pytest
 
 from lipo.data.importers import import_file
 from lipo.data.readers import read_lists
+from lipo.data.records import LIST_SCHEMA
 from lipo.errors import DataError
 
 
@@ -137,8 +138,6 @@ def test_parquet_input_and_output_schema(tmp_path):
     import_file("pairs", str(src), str(tmp_path / "out.parquet"), quiet=True)
     table, _ = read_lists([tmp_path / "out.parquet"])
     assert table.num_rows == 1 and table.to_pylist()[0]["responses"] == ["a", "b"]
-    from lipo.data.records import LIST_SCHEMA
-
     assert pq.read_schema(tmp_path / "out.parquet").equals(LIST_SCHEMA)
 
 

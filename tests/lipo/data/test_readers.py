@@ -1,4 +1,4 @@
-"""read_lists / write_lists / to_ray_dataset on real files written to tmp_path."""
+"""read_lists / write_lists on real files written to tmp_path."""
 
 import json
 import os
@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lipo.data.readers import read_lists, resolve_paths, to_ray_dataset, write_lists
-from lipo.data.records import LIST_SCHEMA, record_to_row, row_to_record
+from lipo.data.readers import read_lists, resolve_paths, write_lists
+from lipo.data.records import LIST_SCHEMA, row_to_record
 from lipo.errors import DataError
 
 CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "naïve 2+2? ✓"}]
@@ -206,26 +206,3 @@ def test_readers_import_no_torch_or_ray():
     code = "import sys, lipo.data.readers; assert not {'torch', 'ray', 'transformers'} & set(sys.modules)"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
-
-
-@pytest.fixture(scope="module")
-def ray_for_readers():
-    # Reuses a Ray that another fixture (e.g. the session `ray_local`) already started; shuts down only its own.
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
-def test_to_ray_dataset(ray_for_readers, tmp_path):
-    p = write_jsonl(tmp_path / "train.jsonl", [good(0), good(1, prompt=CHAT)])
-    table, _ = read_lists(p)
-    ds = to_ray_dataset(table)
-    rows = sorted(ds.take_all(), key=lambda r: r["id"])
-    assert [row_to_record(r) for r in rows] == sorted(as_records(table), key=lambda r: r.id)
-    assert record_to_row(row_to_record(rows[0]))["id"] == rows[0]["id"]
-    with pytest.raises(DataError, match="LIST_SCHEMA"):
-        to_ray_dataset(pa.table({"x": [1]}))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from lists_helpers import build_config, write_prompts
 
 from lipo.config import load_config
@@ -13,6 +16,7 @@ from lipo.errors import ConfigError, DataError, LipoError
 from lipo.lists.config import BuildListsConfig, identity_hash
 from lipo.lists.pipeline import check_environment, prepare
 from lipo.lists.prompts import plan_shards, prompt_seed, read_prompts
+from lipo.lists.stages import work_table
 from lipo.models.tiny import byte_tokenizer
 
 REPO = Path(__file__).resolve().parents[3]
@@ -150,19 +154,12 @@ def test_output_dir_refusals(tmp_path):
 
 
 def test_truncated_prompts_become_counted_events(tmp_path):
-    from lipo.lists.stages import work_table
-
     table, _ = _read(tmp_path, [{"prompt": "short"}, {"prompt": "x" * 100}], "input.max_prompt_tokens=20")
     block = work_table(0, plan_shards(table, 0, 10)[0].table)
     assert block.column("events").to_pylist() == [[], ["prompt_truncated"]]
 
 
 def test_cli_errors_are_one_line_before_ray(tmp_path):
-    import subprocess
-    import sys
-
-    import yaml
-
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "fine"}\n{"id": "x"}\n')
     cfg = tmp_path / "build.yaml"

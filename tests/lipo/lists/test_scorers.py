@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from lipo.errors import LipoError
-from lipo.lists.config import LabelConfig, ScoreConfig
-from lipo.lists.labels import label_list
+from lipo.labels import labeler
+from lipo.lists.config import ScoreConfig
 from lipo.lists.scorers import ExistingScorer, FunctionScorer, PairwiseScorer, build_scorer, reference_similarity
 from lipo.models.tiny import byte_tokenizer
 
@@ -46,7 +46,7 @@ def test_pairwise_winrate_labels_match_hand_computation_with_position_flip_avera
     tok = byte_tokenizer()
     scorer = PairwiseScorer(PairStub(tok), tok, "{a}|{b}", max_tokens=64)
     row = {"id": "q", "prompt": "ignored", "prompt_messages": None, "responses": ["x", "y", "z"]}
-    psi = label_list(scorer([row])[0], LabelConfig(method="winrate"))
+    psi = labeler("winrate")(scorer([row])[0])
     assert psi == pytest.approx([0.6, 0.95 / 3, 1.75 / 3], abs=1e-6)
     assert sum(psi) == pytest.approx(1.5, abs=1e-6)  # sum_k psi_k = K / 2, since P(a>b) + P(b>a) = 1
     # Listing the responses in another order permutes the labels and changes nothing else.

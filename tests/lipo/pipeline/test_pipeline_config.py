@@ -8,7 +8,8 @@ import pytest
 
 from lipo.config import load_config
 from lipo.errors import ConfigError
-from lipo.pipeline.config import GOLD_REWARD, PipelineConfig, model_dir, resolve
+from lipo.pipeline.config import PipelineConfig
+from lipo.pipeline.resolve import GOLD_REWARD, resolve
 
 REPO = Path(__file__).resolve().parents[3]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -21,8 +22,8 @@ def stages_of(tmp_path, *overrides):
 
 def test_preference_data_are_sft_samples_labelled_by_gold(tmp_path):
     s = stages_of(tmp_path)
-    assert list(s) == ["sft", "preferences", "reward_model", "build_lists", "train", "evaluate"]
-    pref, bl, sft_dir = s["preferences"], s["build_lists"], model_dir(s["sft"])
+    assert all(stage is not None for stage in vars(s).values())
+    pref, bl, sft_dir = s.preferences, s.build_lists, str(s.sft.model_dir())
     assert pref.input.prompts == [str(tmp_path / "world" / "rm_prompts.jsonl")]
     assert pref.generate.model == sft_dir and pref.generate.num_candidates == 8  # world.rm_list_size
     # sampled like the LiPO lists, so the reward model learns on the kind of answers it will rank
@@ -31,24 +32,24 @@ def test_preference_data_are_sft_samples_labelled_by_gold(tmp_path):
     assert not pref.generate.include_reference
     assert (pref.score.name, pref.score.function, pref.label.method) == ("function", GOLD_REWARD, "identity")
     assert pref.reference is None and pref.output.dir != bl.output.dir
-    assert s["reward_model"].data.train == [pref.output.dir]
-    assert s["reward_model"].model.path == sft_dir  # the reward model starts from the SFT policy
-    assert bl.score.model == model_dir(s["reward_model"]) and s["train"].model.path == sft_dir
+    assert s.reward_model.data.train == [pref.output.dir]
+    assert s.reward_model.model.path == sft_dir  # the reward model starts from the SFT policy
+    assert bl.score.model == str(s.reward_model.model_dir()) and s.train.model.path == sft_dir
 
 
 def test_user_keys_win_and_changes_move_the_output(tmp_path):
     base = stages_of(tmp_path)
     s = stages_of(tmp_path, "reward_model.model.path=builtin:tiny-llama", "world.rm_list_size=4")
-    assert s["reward_model"].model.path == "builtin:tiny-llama"
-    assert s["preferences"].generate.num_candidates == 4
-    assert s["preferences"].output.dir != base["preferences"].output.dir  # a changed stage is a new dataset
-    assert s["reward_model"].run_name != base["reward_model"].run_name
+    assert s.reward_model.model.path == "builtin:tiny-llama"
+    assert s.preferences.generate.num_candidates == 4
+    assert s.preferences.output.dir != base.preferences.output.dir  # a changed stage is a new dataset
+    assert s.reward_model.run_name != base.reward_model.run_name
 
 
 def test_corruptions_need_no_preference_stage(tmp_path):
     s = stages_of(tmp_path, "world.rm_data=corruptions")
-    assert "preferences" not in s
-    assert s["reward_model"].data.train == [str(tmp_path / "world" / "rm_lists.jsonl")]
+    assert s.preferences is None
+    assert s.reward_model.data.train == [str(tmp_path / "world" / "rm_lists.jsonl")]
 
 
 def test_samples_without_sft_is_a_config_error(tmp_path):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lipo.pipeline.config import GOLD_REWARD
+from lipo.pipeline.resolve import GOLD_REWARD
 from lipo.pipeline.summary import judge_agreement
 
 

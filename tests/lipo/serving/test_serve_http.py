@@ -12,7 +12,18 @@ import time
 
 import httpx
 import pytest
+import ray
 import torch
+from openai import OpenAI
+from ray import serve
+
+from lipo.config import load_config
+from lipo.models.generate import SamplingParams, sample
+from lipo.models.loading import load_causal_lm, load_tokenizer
+from lipo.models.reward import pointwise_rewards
+from lipo.models.reward_loading import load_reward_model
+from lipo.serving.config import ServeConfig
+from lipo.serving.local import start_local
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -22,12 +33,6 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server(ray_local):
-    from ray import serve
-
-    from lipo.config import load_config
-    from lipo.serving.app import start_local
-    from lipo.serving.config import ServeConfig
-
     small = "{num_cpus: 0.1, health_check_period_s: 1, health_check_timeout_s: 5, max_ongoing_requests: 4, " \
             "max_queued_requests: 8}"
     cfg = load_config(ServeConfig, None, [
@@ -44,17 +49,10 @@ def server(ray_local):
 
 def _stats():
     """Model calls so far, per deployment: the proof that a rejected request never reached a model."""
-    from ray import serve
-
     return {d: serve.get_deployment_handle(d, APP).stats.remote().result() for d in ("LipoPolicy", "LipoReward")}
 
 
 def test_openai_client_completions_and_chat(server):
-    from openai import OpenAI
-
-    from lipo.models.generate import SamplingParams, sample
-    from lipo.models.loading import load_causal_lm, load_tokenizer
-
     client = OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
     assert [m.id for m in client.models.list().data] == ["policy", "reward"]
     out = client.completions.create(model="policy", prompt="Hello", max_tokens=8, n=2, seed=3, temperature=0.8)
@@ -74,9 +72,6 @@ def test_openai_client_completions_and_chat(server):
 
 
 def test_score_and_compare_match_the_models(server):
-    from lipo.models.reward import pointwise_rewards
-    from lipo.models.reward_loading import load_reward_model
-
     rm, tok = load_reward_model("builtin:tiny-reward")
     prompt, responses = "What is 2+2?", ["4", "four", "22", "It is 4."]
     got = httpx.post(f"{server}/v1/score", headers=AUTH, json={"prompt": prompt, "responses": responses}).json()
@@ -183,8 +178,6 @@ def test_proxy_timeout_is_a_408(server):
 
 
 def test_killed_replica_is_replaced_under_load(server):
-    import ray
-
     def replicas():
         return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                 if a["name"].startswith(f"SERVE_REPLICA::{APP}#LipoPolicy#")}

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+from pydantic import ValidationError
 
 from lipo.config import load_config
 from lipo.errors import LipoError
-from lipo.serving.config import LimitsConfig
+from lipo.serving import app as serving_app
+from lipo.serving.config import LimitsConfig, ServeArgs, ServeConfig
+from lipo.serving.schemas import ChatCompletionRequest, CompletionRequest
 from lipo.serving.security import (ApiError, Guard, bearer_ok, check_bind, check_limits, is_loopback, key_digest,
                                    load_api_key)
 
@@ -116,10 +122,6 @@ def test_guard_413_by_header_and_while_streaming():
 
 
 def test_request_schemas_forbid_unknown_fields_and_streaming():
-    from pydantic import ValidationError
-
-    from lipo.serving.schemas import ChatCompletionRequest, CompletionRequest
-
     with pytest.raises(ValidationError, match="bogus"):
         CompletionRequest.model_validate({"model": "m", "prompt": "p", "bogus": 1})
     with pytest.raises(ValidationError, match="streaming is not supported"):
@@ -130,37 +132,28 @@ def test_request_schemas_forbid_unknown_fields_and_streaming():
 
 
 def test_limits_config_from_yaml_overrides():
-    from lipo.serving.config import ServeConfig
-
     cfg = load_config(ServeConfig, None, ["limits.max_n=2"])
     assert cfg.limits.max_n == 2
 
 
 def test_build_app_refuses_an_open_unauthenticated_server(monkeypatch, capsys):
     """Under `serve deploy` / a RayService the bind host is Serve's; no key and no loopback -> no app."""
-    from lipo.serving import app as serving_app
-    from lipo.serving.config import ServeArgs
-
     monkeypatch.delenv("LIPO_API_KEY", raising=False)
     monkeypatch.delenv("LIPO_API_KEY_FILE", raising=False)
-    monkeypatch.setattr(serving_app, "_serve_http", lambda: ("0.0.0.0", 8000))
+    monkeypatch.setattr(serving_app, "serve_http", lambda: ("0.0.0.0", 8000))
     with pytest.raises(LipoError, match="refusing to serve on 0.0.0.0"):
         serving_app.build_app(ServeArgs())
     assert serving_app.build_app(ServeArgs(insecure=True)) is not None
     assert "WITHOUT AUTHENTICATION" in capsys.readouterr().err
     monkeypatch.setenv("LIPO_API_KEY", "k")
     assert serving_app.build_app(ServeArgs(overrides=["reward=null"])) is not None
-    monkeypatch.setattr(serving_app, "_serve_http", lambda: (None, None))  # unknown host: treated as open
+    monkeypatch.setattr(serving_app, "serve_http", lambda: (None, None))  # unknown host: treated as open
     monkeypatch.delenv("LIPO_API_KEY")
     with pytest.raises(LipoError, match="an unknown host"):
         serving_app.build_app(ServeArgs())
 
 
 def test_cli_serve_refuses_before_starting_anything(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k not in ("LIPO_API_KEY", "LIPO_API_KEY_FILE")}
     cfg = tmp_path / "serve.yaml"
     cfg.write_text("http: {host: 0.0.0.0, port: 0}\n")

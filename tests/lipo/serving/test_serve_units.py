@@ -1,5 +1,5 @@
-"""Serving pieces without a running Serve: config, model sources (MLflow URIs), the deployments' model code and
-the ingress's timeout, each called directly."""
+"""Serving pieces without a running Serve: config, model sources (MLflow URIs), the deployments' model code, the
+ingress's timeout and the routes' error bodies, each called directly."""
 
 from __future__ import annotations
 
@@ -10,10 +10,25 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
+from lipo import tracking
 from lipo.config import load_config
+from lipo.data.collate import collate_lists
+from lipo.data.tokenize import encode_prompt, encode_response
 from lipo.errors import ConfigError, LipoError
+from lipo.models.generate import SamplingParams, sample
+from lipo.models.loading import load_causal_lm
+from lipo.models.logps import sequence_logps
+from lipo.models.reward import pairwise_matrix, pointwise_rewards, winrate_labels
+from lipo.models.tiny import byte_tokenizer, tiny_llama
+from lipo.serving.app import Ingress
 from lipo.serving.config import ServeArgs, ServeConfig
+from lipo.serving.deployments import PolicyModel, RewardModel
+from lipo.serving.model_source import check_source, resolve
+from lipo.serving.routes import install_error_handlers, router
+from lipo.serving.security import ApiError
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -45,23 +60,22 @@ def test_example_configs_load():
 
 
 def test_serve_args_section_of_a_larger_file(tmp_path):
-    from lipo.serving.app import load_serve_config
+    def load(args: ServeArgs) -> ServeConfig:  # what build_app does with its args
+        return load_config(ServeConfig, args.config, args.overrides, section=args.section)
 
     f = tmp_path / "pipeline.yaml"
     f.write_text("train: {x: 1}\nserve:\n  policy: {model: builtin:tiny-llama, name: mine}\n")
-    cfg = load_serve_config(ServeArgs(config=str(f), section="serve", overrides=["limits.max_n=2"]))
+    cfg = load(ServeArgs(config=str(f), section="serve", overrides=["limits.max_n=2"]))
     assert cfg.policy.name == "mine" and cfg.limits.max_n == 2
     with pytest.raises(ConfigError, match="has no `eval` section"):
-        load_serve_config(ServeArgs(config=str(f), section="eval"))
+        load(ServeArgs(config=str(f), section="eval"))
     with pytest.raises(ConfigError, match=r"\[serve\]: policy.bogus: unknown key"):
-        load_serve_config(ServeArgs(config=str(f), section="serve", overrides=["policy.bogus=1"]))
+        load(ServeArgs(config=str(f), section="serve", overrides=["policy.bogus=1"]))
     with pytest.raises(ConfigError, match=r"limits.max_n \(16\) exceeds policy.batch.max_batch_size \(8\)"):
-        load_serve_config(ServeArgs(overrides=["limits.max_n=16"]))
+        load(ServeArgs(overrides=["limits.max_n=16"]))
 
 
 def test_check_source():
-    from lipo.serving.model_source import check_source
-
     check_source("builtin:tiny-llama", "policy.model")
     check_source("builtin:tiny-reward", "reward.model", reward=True)
     check_source("models:/lipo-policy@champion", "policy.model")
@@ -76,11 +90,6 @@ def test_check_source():
 def test_resolve_mlflow_uris(tmp_path):
     """The training stage logs its HF dir under `model/`; runs:/ID/model, runs:/ID and models:/NAME@ALIAS all
     resolve to a directory `load_causal_lm` reads."""
-    from lipo import tracking
-    from lipo.models.loading import load_causal_lm
-    from lipo.models.tiny import byte_tokenizer, tiny_llama
-    from lipo.serving.model_source import resolve
-
     hf = tmp_path / "hf"
     tiny_llama(seed=0).save_pretrained(hf)
     byte_tokenizer().save_pretrained(hf)
@@ -103,12 +112,6 @@ def test_resolve_mlflow_uris(tmp_path):
 def test_policy_code_matches_the_shared_sampler_and_logps():
     """Choice j of prompt i with request seed s is sample(..., seeds=[s + i]) choice j, whatever shares the batch;
     /v1/logprobs is sequence_logps on the training tokenisation."""
-    from lipo.data.collate import collate_lists
-    from lipo.data.tokenize import encode_prompt, encode_response
-    from lipo.models.generate import SamplingParams, sample
-    from lipo.models.logps import sequence_logps
-    from lipo.serving.deployments import PolicyModel
-
     policy = PolicyModel.func_or_class({"model": "builtin:tiny-llama", "name": "policy"})
     base = {"n": 2, "max_tokens": 6, "temperature": 1.0, "top_p": 0.9, "stop": []}
     jobs = [{**base, "prompts": ["Hello", "Hi there"], "seed": 7},
@@ -130,9 +133,6 @@ def test_policy_code_matches_the_shared_sampler_and_logps():
 
 @pytest.mark.parametrize("kind", ["pointwise", "pairwise"])
 def test_reward_code_matches_the_reward_functions(kind):
-    from lipo.models.reward import pairwise_matrix, pointwise_rewards, winrate_labels
-    from lipo.serving.deployments import RewardModel
-
     rm = RewardModel.func_or_class({"model": "builtin:tiny-reward", "kind": kind})
     prompt, responses = [{"role": "user", "content": "2+2?"}], ["4", "five", "22"]
     score, compare, other = rm._run([("score", prompt, responses), ("compare", "q", ["a", "bb"]),
@@ -149,9 +149,6 @@ def test_reward_code_matches_the_reward_functions(kind):
 
 
 def test_ingress_timeout_is_a_408_and_cancels_the_call():
-    from lipo.serving.app import Ingress
-    from lipo.serving.security import ApiError
-
     class SlowCall:
         cancelled = False
 
@@ -166,5 +163,22 @@ def test_ingress_timeout_is_a_408_and_cancels_the_call():
 
     ingress = SimpleNamespace(cfg=load_config(ServeConfig, None, ["limits.request_timeout_s=0.05"]))
     with pytest.raises(ApiError) as exc:
-        asyncio.run(Ingress.func_or_class._call(ingress, SlowCall()))
+        asyncio.run(Ingress.func_or_class.call(ingress, SlowCall()))
     assert exc.value.status == 408 and "within 0.05s" in exc.value.message and SlowCall.cancelled
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("secret detail"), ApiError(503, "at capacity")])
+def test_routes_render_model_errors_as_openai_bodies(exc):
+    """The router and error handlers without Serve: a model error is a bare 500, an overload a 503 + Retry-After."""
+    async def call(*args):
+        raise exc
+
+    ingress = SimpleNamespace(cfg=load_config(ServeConfig, None, []), call=call,
+                              reward_handle=lambda name: SimpleNamespace(score=None))
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(router(ingress))
+    r = TestClient(app, raise_server_exceptions=False).post("/v1/score", json={"prompt": "p", "responses": ["a"]})
+    status = 503 if isinstance(exc, ApiError) else 500
+    assert r.status_code == status and r.json()["error"]["code"] == status
+    assert "secret" not in r.text and r.headers.get("retry-after") == ("1" if status == 503 else None)

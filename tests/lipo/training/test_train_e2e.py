@@ -14,15 +14,15 @@ from helpers import full_batch, load_weights, max_abs_diff, scores_of, train_con
 
 from lipo.errors import LipoError
 from lipo.models.logps import sequence_logps
-from lipo.training.metrics import pairwise_accuracy
+from lipo.metrics import pairwise_accuracy
+from lipo.training.launch import launch
+from lipo.training.tasks import ListwiseTask
 
 pytestmark = pytest.mark.slow
 
 
 def _run(cfg, fault=None):
-    from workflows.train import run
-
-    return run(cfg, fault=fault)
+    return launch(ListwiseTask(cfg), fault=fault)
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -1,4 +1,4 @@
-"""Tests for lipo.training.metrics with hand-computed expectations.
+"""Tests for lipo.metrics with hand-computed expectations.
 
 Running example: s = [1, 2, 0.5], y = [2, 0, 1]; ranks under s r = [2, 1, 3];
 gains 2^y - 1 = [3, 0, 1].
@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from lipo.training.metrics import ndcg, pairwise_accuracy, top_bottom_margin
+from lipo.metrics import ndcg, pairwise_accuracy, top_bottom_margin
 
 S = [1.0, 2.0, 0.5]
 Y = [2.0, 0.0, 1.0]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lipo.losses import _masked_mean, _pairs, _prepare, compute_ranks, dcg, ideal_dcg
+from lipo.losses import compute_ranks, dcg, ideal_dcg, masked_mean, pair_diffs, prepare_lists
 
 __all__ = ["ndcg", "pairwise_accuracy", "top_bottom_margin"]
 
@@ -31,12 +31,12 @@ def ndcg(scores: Tensor, labels: Tensor, mask: Tensor | None = None, k: int | No
     """
     if k is not None and k < 1:
         raise ValueError(f"k must be >= 1 or None; got {k}")
-    scores, labels, valid = _prepare(scores.detach(), labels.detach(), mask)
+    scores, labels, valid = prepare_lists(scores.detach(), labels.detach(), mask)
     actual = dcg(labels, compute_ranks(scores, valid), valid, k)  # [B]
     ideal = ideal_dcg(labels, valid, k)  # [B]
     has_gain = ideal > 0
     ratio = actual / torch.where(has_gain, ideal, torch.ones_like(ideal))
-    return _masked_mean(ratio, has_gain)
+    return masked_mean(ratio, has_gain)
 
 
 @torch.no_grad()
@@ -46,10 +46,10 @@ def pairwise_accuracy(scores: Tensor, labels: Tensor, mask: Tensor | None = None
     Over all pairs ``(i, j)`` in the batch with both items valid and ``y_i > y_j``: 1 if
     ``s_i > s_j``, 0.5 if ``s_i == s_j``, 0 otherwise; the mean of that (0.0 when there is no pair).
     """
-    scores, labels, valid = _prepare(scores.detach(), labels.detach(), mask)
-    diff, pairs = _pairs(scores, labels, valid)  # [B, K, K]
+    scores, labels, valid = prepare_lists(scores.detach(), labels.detach(), mask)
+    diff, pairs = pair_diffs(scores, labels, valid)  # [B, K, K]
     correct = (diff > 0).to(scores.dtype) + 0.5 * (diff == 0).to(scores.dtype)
-    return _masked_mean(correct, pairs)
+    return masked_mean(correct, pairs)
 
 
 @torch.no_grad()
@@ -60,7 +60,7 @@ def top_bottom_margin(scores: Tensor, labels: Tensor, mask: Tensor | None = None
     averaged, which keeps the metric independent of item order. Lists whose valid labels are all
     equal (including lists with fewer than two valid items) are skipped.
     """
-    scores, labels, valid = _prepare(scores.detach(), labels.detach(), mask)
+    scores, labels, valid = prepare_lists(scores.detach(), labels.detach(), mask)
     inf = torch.full_like(labels, float("inf"))
     top_label = torch.where(valid, labels, -inf).amax(-1, keepdim=True)  # [B, 1]
     bottom_label = torch.where(valid, labels, inf).amin(-1, keepdim=True)  # [B, 1]
@@ -74,4 +74,4 @@ def top_bottom_margin(scores: Tensor, labels: Tensor, mask: Tensor | None = None
 
     margin = _group_mean(is_top) - _group_mean(is_bottom)  # [B]
     spread = (top_label > bottom_label).squeeze(-1) & valid.any(-1)  # [B]
-    return _masked_mean(margin, spread)
+    return masked_mean(margin, spread)

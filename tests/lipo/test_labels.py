@@ -1,17 +1,17 @@
-"""Score -> label functions: hand-computed values, ties, invariances."""
+"""Score -> label functions (lipo.labels): hand-computed values, ties, invariances, the resolved labeler."""
 
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import pytest
 
-from lipo.lists.config import LabelConfig
-from lipo.lists.labels import LABELERS, LabelError, label_list
+from lipo.labels import LABELERS, LabelError, LabelName, labeler, minmax, rank
 
 
 def labels(method: str, scores, **kw):
-    return label_list(scores, LabelConfig(method=method, **kw))
+    return labeler(method, **kw)(scores)
 
 
 def test_minmax():
@@ -54,9 +54,14 @@ def test_non_finite_scores_are_a_drop_reason():
         labels("minmax", [1.0, float("nan")])
 
 
-def test_every_label_name_has_a_labeler():
-    from typing import get_args
-
-    from lipo.lists.config import LabelName
-
+def test_every_label_name_has_a_labeler_and_bad_arguments_fail_when_resolved():
     assert set(LABELERS) == set(get_args(LabelName))
+    with pytest.raises(ValueError, match="unknown label method 'ndcg'"):
+        labeler("ndcg")
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        labeler("sigmoid", temperature=0.0)
+
+
+def test_the_plain_functions_take_scores_only():
+    # what lipo.data.importers calls: no config object, no lookup
+    assert minmax([1.0, 3.0]) == [0.0, 1.0] and rank([2.0, 1.0, 3.0]) == [0.5, 0.0, 1.0]

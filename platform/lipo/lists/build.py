@@ -1,0 +1,75 @@
+"""`build_lists`: the whole build-lists stage for one config, with its MLflow run.
+
+    result = build_lists(cfg)          # BuildListsConfig -> BuildResult(output_dir, manifest, run_id, tracking_uri)
+
+Run it with `lipo build-lists CONFIG.yaml [key=value ...]` (the CLI and the pipeline call this function). Steps:
+prepare (validate config, models, prompts and the output directory, before Ray; `lipo.lists.pipeline.prepare`),
+open the MLflow run (`lipo.tracking.stage_run`), run the Ray Data pipeline shard by shard (progress metrics per
+shard), write the manifest, log its numbers with the manifest and a sample table as artifacts. Rerunning the same
+config into the same `output.dir` resumes; a finished build is not redone (and opens no run).
+Tests: tests/workflows/test_build_lists_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lipo import tracking
+from lipo.lists.config import BuildListsConfig
+from lipo.lists.manifest import sample_rows
+from lipo.lists.pipeline import Plan, execute, finalize, manifest_metrics, prepare
+from lipo.runtime import ensure_ray
+
+STAGE = "build-lists"
+
+
+@dataclass
+class BuildResult:
+    output_dir: Path
+    manifest: dict
+    run_id: str | None
+    tracking_uri: str | None
+
+
+def build_lists(cfg: BuildListsConfig, parent_run_id: str | None = None) -> BuildResult:
+    """Build (or resume, or find complete) the dataset `cfg` describes; returns where it is and its manifest."""
+    plan = prepare(cfg)  # every user mistake surfaces here, before Ray starts
+    print(f"[lipo] prompts: {plan.report.summary()}; shards: {len(plan.shards) - len(plan.pending)} of "
+          f"{len(plan.shards)} done ({plan.status})", flush=True)
+    if plan.status == "complete":
+        print(f"[lipo] {plan.out.root} is already complete; nothing to do", flush=True)
+        return BuildResult(plan.out.root, plan.out.manifest(), None, None)
+
+    t = cfg.tracking
+    uri = tracking.resolve_uri(t.uri, str(plan.out.root.parent)) if t.enabled else None
+    name = t.run_name or f"{STAGE}-{plan.config_hash}"  # a resumed build keeps its run
+    with tracking.stage_run(uri, t.experiment, name, STAGE, parent_run_id, config=plan.resolved,
+                            enabled=t.enabled) as run:
+        if plan.pending:
+            ensure_ray()
+            execute(plan, lambda done, record: run.log_metrics(
+                {"progress/shards_done": done, "progress/lists": record["lists"]}, done))
+        manifest = finalize(plan)
+        run.log_metrics(manifest_metrics(manifest), len(plan.shards))
+        if run.run_id:
+            _log_artifacts(run, plan, manifest)
+    c = manifest["counts"]
+    print(f"[lipo] lists: {c['lists']} from {c['prompts']} prompts ({c['candidates']} candidates) in {plan.out.root}"
+          + (f"\n[lipo] mlflow: run {run.run_id} in {run.uri}" if run.run_id else ""), flush=True)
+    return BuildResult(plan.out.root, manifest, run.run_id, run.uri)
+
+
+def _log_artifacts(run: tracking.StageRun, plan: Plan, manifest: dict[str, Any]) -> None:
+    """`manifest.json` and `sample_table.json` (MLflow's table layout) under the run's `build-lists/`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = sample_rows(plan.out, manifest["files"], plan.cfg.output.sample_rows)
+        columns = list(rows[0]) if rows else []
+        (Path(tmp) / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        # MLflow's table layout (pandas "split"): columns + rows, readable by mlflow.load_table
+        (Path(tmp) / "sample_table.json").write_text(json.dumps(
+            {"columns": columns, "data": [[r[c] for c in columns] for r in rows]}, indent=1))
+        run.log_artifacts(tmp, STAGE)

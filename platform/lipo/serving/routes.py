@@ -1,0 +1,153 @@
+"""The ingress's HTTP surface: the seven routes and the handlers that turn every error into OpenAI's error body.
+
+    app.include_router(router(ingress))      # ingress: a `lipo.serving.app.Ingress` (its config and handles)
+    install_error_handlers(app)
+
+Used by `Ingress.__serve_build_asgi_app__` (one FastAPI app per ingress replica; start it with `lipo serve` or
+`serve run deploy/serve/lipo.yaml`). Routes check the config's limits (422) before any model call, and reach the
+models only through `Ingress.call` (408 past the request timeout, 503 when a deployment is at capacity).
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the routes' annotations as real classes.
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from lipo.serving import schemas as S
+from lipo.serving.security import ApiError, check_limits
+
+log = logging.getLogger("ray.serve")
+
+
+def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse(S.error_body(message, status, param), status_code=status, headers=headers)
+
+
+async def _api_error(_, exc: ApiError) -> JSONResponse:
+    return _error(exc.status, exc.message, exc.param)
+
+
+async def _http_error(_, exc: HTTPException) -> JSONResponse:
+    return _error(exc.status_code, str(exc.detail))
+
+
+async def _bug(_, exc: Exception) -> JSONResponse:  # a model error: log it, tell the client no internals
+    log.exception("lipo request failed")
+    return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+
+
+async def _invalid(_, exc: RequestValidationError) -> JSONResponse:
+    """One 422 listing every problem, each naming its field (`messages.0.role: ...`); `param` is the first."""
+    problems, first = [], None
+    for e in exc.errors():
+        loc = [str(p) for p in e["loc"] if p != "body"]
+        if e["type"] == "json_invalid":
+            problems.append(f"request body is not valid JSON ({e.get('ctx', {}).get('error', e['msg'])})")
+            continue
+        field = ".".join(loc) or "body"
+        first = first or field
+        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        problems.append(f"{field}: {msg}")
+    return _error(422, "; ".join(problems), first)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error as OpenAI's JSON body with its status (503s add `Retry-After`); unexpected ones as a bare 500."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(Exception, _bug)
+
+
+def _prompt(p: Any) -> Any:
+    """A request prompt as the model code takes it: text, or a list of {role, content} dicts."""
+    return p if isinstance(p, str) else [{"role": m.role, "content": m.content} for m in p]
+
+
+def _usage(prompt_tokens: int, choices: list[dict]) -> S.Usage:
+    used = sum(c["tokens"] for c in choices)
+    return S.Usage(prompt_tokens=prompt_tokens, completion_tokens=used, total_tokens=prompt_tokens + used)
+
+
+class _Routes:
+    """The route functions, bound to one ingress replica's state (config, model handles, start time)."""
+
+    def __init__(self, ingress):
+        self.ing = ingress
+        self.limits = ingress.cfg.limits
+        self.reward_cfg = ingress.cfg.reward
+
+    async def healthz(self) -> JSONResponse:
+        ing = self.ing
+        handles = {**ing.policies, **({self.reward_cfg.name: ing.reward} if ing.reward else {})}
+        try:
+            infos = await asyncio.wait_for(asyncio.gather(*(h.info.remote() for h in handles.values())), 10)
+        except Exception as exc:  # any failure to reach a model is "not ready"
+            return JSONResponse({"status": "unavailable", "error": type(exc).__name__}, status_code=503)
+        loaded = {name: bool(i["loaded"]) for name, i in zip(handles, infos)}
+        ok = all(loaded.values())
+        return JSONResponse({"status": "ok" if ok else "loading", "models": loaded}, status_code=200 if ok else 503)
+
+    async def models(self) -> S.ModelList:
+        cards = [S.ModelCard(id=name, created=self.ing.created, role="policy") for name in self.ing.policies]
+        if self.ing.reward is not None:
+            cards.append(S.ModelCard(id=self.reward_cfg.name, created=self.ing.created, role="reward",
+                                     kind=self.reward_cfg.kind))
+        return S.ModelList(data=cards)
+
+    async def completions(self, req: S.CompletionRequest) -> S.Completion:
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        choices, prompt_tokens = await self.ing.sample(req.model, prompts, req.n, req.max_tokens, req)
+        return S.Completion(
+            id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=req.model,
+            choices=[S.CompletionChoice(index=i, text=c["text"], finish_reason=c["finish_reason"])
+                     for i, c in enumerate(choices)],
+            usage=_usage(prompt_tokens, choices))
+
+    async def chat_completions(self, req: S.ChatCompletionRequest) -> S.ChatCompletion:
+        max_tokens = req.max_completion_tokens or req.max_tokens or min(256, self.limits.max_tokens)
+        choices, prompt_tokens = await self.ing.sample(req.model, [_prompt(req.messages)], req.n, max_tokens, req)
+        return S.ChatCompletion(
+            id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=req.model,
+            choices=[S.ChatChoice(index=i, message=S.AssistantMessage(content=c["text"]),
+                                  finish_reason=c["finish_reason"]) for i, c in enumerate(choices)],
+            usage=_usage(prompt_tokens, choices))
+
+    async def score(self, req: S.ScoreRequest) -> S.ScoreResponse:
+        check_limits(self.limits, responses=len(req.responses))
+        handle = self.ing.reward_handle(req.model)
+        rewards = await self.ing.call(handle.score, _prompt(req.prompt), req.responses)
+        return S.ScoreResponse(model=self.reward_cfg.name, kind=self.reward_cfg.kind, rewards=rewards)
+
+    async def compare(self, req: S.CompareRequest) -> S.CompareResponse:
+        handle = self.ing.reward_handle(req.model)
+        p = await self.ing.call(handle.compare, _prompt(req.prompt), req.first, req.second)
+        return S.CompareResponse(model=self.reward_cfg.name, kind=self.reward_cfg.kind, probability=p)
+
+    async def logprobs(self, req: S.LogprobsRequest) -> S.LogprobsResponse:
+        check_limits(self.limits, responses=len(req.responses))
+        handle = self.ing.policy_handle(req.model)
+        out = await self.ing.call(handle.logprobs, {"prompt": _prompt(req.prompt), "responses": req.responses})
+        return S.LogprobsResponse(model=req.model, logprobs=out["logprobs"], tokens=out["tokens"])
+
+
+def router(ingress) -> APIRouter:
+    """The seven routes of one ingress replica."""
+    r, api = _Routes(ingress), APIRouter()
+    api.add_api_route("/healthz", r.healthz, methods=["GET"])
+    api.add_api_route("/v1/models", r.models, methods=["GET"], response_model=S.ModelList)
+    api.add_api_route("/v1/completions", r.completions, methods=["POST"], response_model=S.Completion)
+    api.add_api_route("/v1/chat/completions", r.chat_completions, methods=["POST"],
+                      response_model=S.ChatCompletion)
+    api.add_api_route("/v1/score", r.score, methods=["POST"], response_model=S.ScoreResponse)
+    api.add_api_route("/v1/compare", r.compare, methods=["POST"], response_model=S.CompareResponse)
+    api.add_api_route("/v1/logprobs", r.logprobs, methods=["POST"], response_model=S.LogprobsResponse)
+    return api

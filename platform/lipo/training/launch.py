@@ -1,0 +1,117 @@
+"""The driver of every training stage: `lipo train`, `lipo sft` and `lipo train-rm` differ only in their task.
+
+    result = launch(ListwiseTask(cfg))                 # lipo train CONFIG.yaml
+    result = launch(RewardTask(cfg), parent_run_id=p)  # lipo train-rm, as a child run of the pipeline's run
+
+Steps, top to bottom: prepare (validate and tokenise, before Ray starts: every user mistake surfaces here), open the
+MLflow run, fit with Ray Train's `TorchTrainer` (each worker runs `lipo.training.loop.train_loop` with the task
+object), evaluate the exported model with the task, log the model. A failed fit marks the run FAILED.
+
+Errors: a user's mistake found inside a worker (a `LipoError`) and a worker process that died are one-line
+`LipoError`s (the second says how to resume); anything else is a bug in lipo and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+from ray.exceptions import RayActorError
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from lipo import tracking
+from lipo.errors import LipoError
+from lipo.jobs import check_shared_storage
+from lipo.runtime import ensure_ray
+from lipo.training.loop import train_loop
+from lipo.training.prepare import Prepared, prepare
+from lipo.training.progress import ProgressSink, follow
+from lipo.training.tasks import Task
+
+
+@dataclass
+class TrainResult:
+    run_name: str
+    run_id: str
+    tracking_uri: str
+    model_dir: Path
+    metrics: dict
+
+
+def launch(task: Task, parent_run_id: str | None = None, fault: dict | None = None) -> TrainResult:
+    """Train `task.cfg` with `task`; `fault` is a test hook that kills a worker once (`engine.fault_hook`)."""
+    cfg = task.cfg
+    prep = prepare(task)
+    print(f"[lipo] {task.stage} data: {prep.summary}", flush=True)
+    resolved = cfg.model_copy(update={"run_name": prep.run_name}).model_dump(mode="json")
+    uri = tracking.resolve_uri(cfg.tracking.uri, cfg.output_dir)
+    with tracking.stage_run(uri, cfg.tracking.experiment, prep.run_name, task.stage, parent_run_id,
+                            config=resolved) as run:
+        run.log_metrics(prep.metrics, 0)
+        ensure_ray()
+        check_shared_storage(cfg.output_dir)  # multi-node runs need checkpoints on shared storage
+        sink = ProgressSink.remote()
+        last: dict = {}
+
+        def on_metrics(step: int, metrics: dict) -> None:
+            last.update(metrics)
+            run.log_metrics(metrics, step)
+
+        try:
+            follow(trainer(task, prep, sink, fault).fit, sink, on_metrics, desc=f"{task.stage} {prep.run_name}")
+        except TrainingFailedError as exc:
+            raise training_failure(exc, prep.run_name) from exc
+        evaluated = task.evaluate(prep.model_dir)
+        run.log_metrics(evaluated, 0)
+        run.log_artifacts(prep.model_dir, "model")
+    print(f"[lipo] model: {prep.model_dir}\n[lipo] mlflow: run '{prep.run_name}' in {uri}", flush=True)
+    return TrainResult(prep.run_name, run.run_id, uri, prep.model_dir, {**last, **evaluated})
+
+
+def trainer(task: Task, prep: Prepared, sink, fault: dict | None) -> TorchTrainer:
+    """Ray Train's trainer: one `train_loop` per worker, each given the task object and the whole row set."""
+    cfg, sc = task.cfg, task.cfg.scaling
+    ray.data.DataContext.get_current().enable_progress_bars = False  # workers read the whole set once; no bars
+    return TorchTrainer(
+        train_loop,
+        train_loop_config={"task": task, "sink": sink, "fault": fault, "model_dir": str(prep.model_dir)},
+        scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=(
+            {"CPU": sc.cpus_per_worker, "GPU": sc.gpus_per_worker} if sc.use_gpu else {"CPU": sc.cpus_per_worker})),
+        torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
+        run_config=RunConfig(name=prep.run_name, storage_path=str(prep.output_dir),
+                             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep)),
+        datasets={"train": ray.data.from_items(prep.rows)},
+        # No split: every worker takes its own seeded slice (lipo.training.plan), so resume is exact.
+        dataset_config=DataConfig(datasets_to_split=[]),
+    )
+
+
+# Where Ray Train (2.60, pinned) keeps a worker's own exception inside its wrappers: the user code's exception
+# (UserExceptionWithTraceback) and a failed health check (WorkerHealthCheckFailedError, e.g. a dead process).
+_WRAPPED = ("_base_exc", "health_check_failure", "cause")
+
+
+def _causes(exc: BaseException | None):
+    """`exc` and every exception it wraps."""
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or next((getattr(exc, a) for a in _WRAPPED if getattr(exc, a, None) is not None), None)
+
+
+def training_failure(exc: TrainingFailedError, run_name: str) -> BaseException:
+    """What to raise for a failed fit: a one-line LipoError for a user's mistake or a dead worker, else `exc`."""
+    failures = [f for f in (getattr(exc, "worker_failures", None) or {}).values()]
+    failures += [f for f in [getattr(exc, "controller_failure", None)] if f is not None]
+    for failure in failures:
+        for cause in _causes(failure):
+            if isinstance(cause, LipoError):
+                return LipoError(f"training run '{run_name}': {cause}")
+    died = [c for f in failures for c in _causes(f) if isinstance(c, RayActorError)]
+    if died:  # the survivors' errors (a broken collective, "connection reset") follow from the dead worker
+        first = (str(died[0]).strip().splitlines() or [type(died[0]).__name__])[0]
+        return LipoError(f"training run '{run_name}' failed: a worker process died ({first}); rerun with "
+                         f"run_name={run_name} to resume from its last checkpoint")
+    return exc

@@ -1,0 +1,187 @@
+"""`RewardTask`: training a reward model on labelled lists (`lipo train-rm`), in one of two forms.
+
+- `PointwiseForm`: a Bradley-Terry scalar reward model. One text per response; the loss is `pair_logistic` over the
+  rewards of each list's responses, i.e. every labelled pair of the list.
+- `PairwiseForm`: the LiPO paper's pairwise ranking model, P(first response beats second). One text per ordered
+  pair with unequal labels (both orders); the loss is BCE on the target 1 if the first is better.
+
+Everything else is shared: the data split, the model, the driver and the held-out accuracy, which scores the lists
+held out by id (`reward.eval_fraction`) through the same inference functions build-lists and Serve use
+(`lipo.models.reward`). A task is a plain object passed to `lipo.training.launch.launch`:
+
+    result = launch(RewardTask(cfg))       # what `lipo train-rm CONFIG.yaml` runs
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from lipo.data.readers import read_lists
+from lipo.data.records import prompt_of
+from lipo.losses import pair_logistic
+from lipo.metrics import pairwise_accuracy
+from lipo.models.loading import load_sequence_classifier, load_tokenizer
+from lipo.models.reward import pair_text, pairwise_matrix, pointwise_rewards, pointwise_text
+from lipo.training.config import RewardTrainConfig
+
+Batch = dict[str, torch.Tensor]
+
+
+class RewardForm(Protocol):
+    """What differs between a pointwise and a pairwise reward model."""
+
+    def encode(self, prompt: Any, responses: list[str], labels: list[float], enc: Callable[[str], list[int]],
+               tokenizer) -> dict: ...
+
+    def collate(self, items: list[dict], pad_id: int) -> Batch: ...
+
+    def loss(self, logit: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def margins(self, model, tokenizer, prompt: Any, responses: list[str]) -> torch.Tensor: ...
+
+
+def held_out(list_id: str, fraction: float) -> bool:
+    """Deterministic train/held-out split by id, independent of file order."""
+    return int(hashlib.sha1(list_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
+
+
+def split_lists(cfg: RewardTrainConfig) -> tuple[list[dict], list[dict], Any]:
+    """(train rows, held-out rows, read report) of the configured lists."""
+    table, report = read_lists(cfg.data.train, on_invalid=cfg.data.on_invalid)
+    rows = table.to_pylist()
+    test = [r for r in rows if held_out(r["id"], cfg.reward.eval_fraction)]
+    train = [r for r in rows if not held_out(r["id"], cfg.reward.eval_fraction)]
+    return train, test, report
+
+
+def pad_texts(items: list[dict], key: str, pad_id: int) -> Batch:
+    """Right-pad the token rows in `items[*][key]` (lists of rows) into [N, T]."""
+    rows = [r for it in items for r in it[key]]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [N, T]
+    attn = torch.zeros((len(rows), width), dtype=torch.long)  # [N, T]
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        attn[i, : len(r)] = 1
+    return {"input_ids": ids, "attention_mask": attn}
+
+
+@dataclass(frozen=True)
+class PointwiseForm:
+    max_tokens: int
+
+    def encode(self, prompt, responses, labels, enc, tokenizer):
+        return {"text_ids": [enc(pointwise_text(prompt, x, tokenizer)) for x in responses], "labels": labels}
+
+    def collate(self, items, pad_id):
+        K = max(len(it["text_ids"]) for it in items)
+        batch = pad_texts(items, "text_ids", pad_id)
+        labels = torch.zeros((len(items), K))  # [B, K]
+        mask = torch.zeros((len(items), K), dtype=torch.bool)  # [B, K]
+        slots = []
+        for b, it in enumerate(items):
+            labels[b, : len(it["labels"])] = torch.tensor(it["labels"])
+            mask[b, : len(it["labels"])] = True
+            slots += [b * K + k for k in range(len(it["labels"]))]
+        return {**batch, "labels": labels, "list_mask": mask, "slots": torch.tensor(slots)}
+
+    def loss(self, logit, batch):
+        B, K = batch["labels"].shape
+        scores = torch.zeros(B * K, dtype=logit.dtype, device=logit.device).index_put(
+            (batch["slots"],), logit).view(B, K)  # [B, K]
+        loss = pair_logistic(scores, batch["labels"], batch["list_mask"])  # Bradley-Terry over every labelled pair
+        return loss, pairwise_accuracy(scores.detach(), batch["labels"], batch["list_mask"])
+
+    def margins(self, model, tokenizer, prompt, responses):
+        r = pointwise_rewards(model, tokenizer, prompt, responses, self.max_tokens)  # [K]
+        return r[:, None] - r[None, :]  # [K, K]: > 0 where i scores above j
+
+
+@dataclass(frozen=True)
+class PairwiseForm:
+    template: str
+    max_tokens: int
+
+    def encode(self, prompt, responses, labels, enc, tokenizer):
+        pairs = [(i, j) for i in range(len(responses)) for j in range(len(responses)) if labels[i] != labels[j]]
+        return {"pair_ids": [enc(pair_text(prompt, responses[i], responses[j], self.template)) for i, j in pairs],
+                "targets": [1.0 if labels[i] > labels[j] else 0.0 for i, j in pairs]}
+
+    def collate(self, items, pad_id):
+        batch = pad_texts(items, "pair_ids", pad_id)
+        return {**batch, "targets": torch.tensor([t for it in items for t in it["targets"]], dtype=torch.float32)}
+
+    def loss(self, logit, batch):
+        loss = F.binary_cross_entropy_with_logits(logit, batch["targets"])
+        return loss, ((logit.detach() > 0).float() == batch["targets"]).float().mean()
+
+    def margins(self, model, tokenizer, prompt, responses):
+        P = pairwise_matrix(model, tokenizer, prompt, responses, self.template, self.max_tokens)  # [K, K]
+        return P - 0.5  # > 0 where i is judged better than j
+
+
+@dataclass
+class RewardTask:
+    cfg: RewardTrainConfig
+    stage: ClassVar[str] = "train-rm"
+    form: RewardForm = field(init=False)
+
+    def __post_init__(self) -> None:
+        r = self.cfg.reward
+        self.form = PointwiseForm(r.max_tokens) if r.kind == "pointwise" else PairwiseForm(r.pair_template,
+                                                                                            r.max_tokens)
+
+    def rows(self, tokenizer):
+        """One row per training list with at least two distinct labels; the held-out lists are counted."""
+        train, test, report = split_lists(self.cfg)
+        limit = self.cfg.reward.max_tokens
+
+        def enc(text: str) -> list[int]:  # the input keeps its END when longer
+            return tokenizer(text, add_special_tokens=False)["input_ids"][-limit:]
+
+        rows, no_pairs = [], 0
+        for r in train:
+            if len(set(r["labels"])) < 2:
+                no_pairs += 1  # all labels tied: nothing to learn from this list
+                continue
+            rows.append(self.form.encode(prompt_of(r), r["responses"], r["labels"], enc, tokenizer))
+        metrics = {**report.as_metrics(), "data/heldout_lists": float(len(test)),
+                   "data/dropped_lists_without_pairs": float(no_pairs)}
+        return rows, metrics, f"{report.summary()}; {len(test)} held out; {no_pairs} lists without pairs dropped"
+
+    def evaluate(self, model_dir: Path) -> dict[str, float]:
+        """Pairwise accuracy of the exported model on the held-out lists; tied verdicts count half."""
+        _, test, _ = split_lists(self.cfg)
+        model, tok = load_sequence_classifier(str(model_dir)), load_tokenizer(str(model_dir))
+        hits, pairs = 0.0, 0
+        for row in test:
+            margin = self.form.margins(model, tok, prompt_of(row), row["responses"])  # [K, K]
+            verdict = 0.5 * (1 + torch.sign(margin))  # 1 if i beats j, 0.5 on a tie
+            lab = torch.tensor(row["labels"])
+            better = lab[:, None] > lab[None, :]  # [K, K] pairs where i should win
+            hits += float(verdict[better].sum())
+            pairs += int(better.sum())
+        if not pairs:
+            return {}
+        print(f"[lipo] reward model held-out pairwise accuracy: {hits / pairs:.3f} over {pairs} pairs", flush=True)
+        return {"eval/pair_accuracy": hits / pairs, "eval/pairs": float(pairs)}
+
+    def build_model(self):
+        return load_sequence_classifier(self.cfg.model.path)
+
+    def build_reference(self, world, has_ref):
+        return None
+
+    def collate(self, items, pad_id):
+        return self.form.collate(items, pad_id)
+
+    def loss(self, engine, ref, batch):
+        logit = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]  # [N]
+        loss, acc = self.form.loss(logit, batch)
+        return loss, {"loss": loss.item(), "pair_accuracy": acc.item()}
