@@ -2,6 +2,6 @@
 
     lipo eval configs/eval_example.yaml
 
-`config` (EvalConfig), `winrate` (outcomes, bootstrap CI: pure numpy), `runner` (prompts in, HTTP calls, metrics
-out) and `report` (files, histogram, MLflow). Nothing is imported here.
+`stage` (run_eval: the driver), `config` (EvalConfig), `winrate` (outcomes, bootstrap CI: pure numpy), `runner`
+(prompts in, HTTP calls, metrics out) and `report` (files, histogram, MLflow). Nothing is imported here.
 """

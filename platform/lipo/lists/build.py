@@ -49,10 +49,12 @@ def build_lists(cfg: BuildListsConfig, parent_run_id: str | None = None) -> Buil
     name = t.run_name or f"{STAGE}-{plan.config_hash}"  # a resumed build keeps its run
     with tracking.stage_run(uri, t.experiment, name, STAGE, parent_run_id, config=plan.resolved,
                             enabled=t.enabled) as run:
+        def on_shard(done: int, record: dict[str, Any]) -> None:  # progress in MLflow as each shard lands
+            run.log_metrics({"progress/shards_done": done, "progress/lists": record["lists"]}, done)
+
         if plan.pending:
             ensure_ray()
-            execute(plan, lambda done, record: run.log_metrics(
-                {"progress/shards_done": done, "progress/lists": record["lists"]}, done))
+            execute(plan, on_shard)
         manifest = finalize(plan)
         run.log_metrics(manifest_metrics(manifest), len(plan.shards))
         if run.run_id:

@@ -98,10 +98,17 @@ def _map(ds, stage: type, plan: Plan, res):
         batch_size=None, batch_format="pyarrow", num_cpus=res.num_cpus, num_gpus=res.num_gpus)
 
 
-GENERATE_ENGINES: dict[str, Callable[[Any, Plan], Any]] = {
-    "hf": lambda ds, plan: _map(ds, GenerateStage, plan, plan.cfg.resources.generate),
-    "vllm": lambda ds, plan: vllm_generate(ds, plan.cfg),
-}
+def hf_generate(ds, plan: Plan):
+    """Generation with lipo's own sampler (`GenerateStage`), one actor pool."""
+    return _map(ds, GenerateStage, plan, plan.cfg.resources.generate)
+
+
+def vllm_generate_stage(ds, plan: Plan):
+    return vllm_generate(ds, plan.cfg)
+
+
+# `generate.engine` -> how the dataset gets its candidates; looked up once per build, when the plan is made.
+GENERATE_ENGINES: dict[str, Callable[[Any, Plan], Any]] = {"hf": hf_generate, "vllm": vllm_generate_stage}
 
 
 def build_dataset(plan: Plan):

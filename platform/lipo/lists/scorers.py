@@ -119,12 +119,17 @@ def _pairwise(cfg: ScoreConfig, device: str) -> Scorer:
     return PairwiseScorer(model.to(device), tok, cfg.pair_template or DEFAULT_PAIR_TEMPLATE, cfg.max_tokens)
 
 
+def _function(cfg: ScoreConfig, device: str) -> Scorer:
+    return FunctionScorer(cfg.function, cfg.function_kwargs, cfg.pass_reference)
+
+
+def _existing(cfg: ScoreConfig, device: str) -> Scorer:
+    return ExistingScorer()
+
+
+# `score.name` -> the scorer's factory; looked up once per actor (`build_scorer`), never per batch.
 SCORERS: dict[ScorerName, Callable[[ScoreConfig, str], Scorer]] = {
-    "pointwise": _pointwise,
-    "pairwise": _pairwise,
-    "function": lambda cfg, device: FunctionScorer(cfg.function, cfg.function_kwargs, cfg.pass_reference),
-    "existing": lambda cfg, device: ExistingScorer(),
-}
+    "pointwise": _pointwise, "pairwise": _pairwise, "function": _function, "existing": _existing}
 
 
 def build_scorer(cfg: ScoreConfig, device: str = "cpu") -> Scorer:

@@ -73,38 +73,21 @@ class PipelineConfig(Strict):
 
 @dataclass(frozen=True)
 class Paths:
-    """Where the pipeline's files live under `output_dir` (stage outputs add their own directories under `root`)."""
+    """Where the pipeline's files live under `output_dir`; stage outputs add their own directories under `root`.
+    The world's file names are the ones `lipo.bootstrap.copytask.make_world` writes."""
 
     root: Path
+    world: Path
+    demos: Path
+    rm_lists: Path
+    rm_prompts: Path
+    prompts: Path
+    eval_prompts: Path
+    compare: Path
 
     @classmethod
     def of(cls, cfg: PipelineConfig) -> "Paths":
-        return cls(Path(cfg.output_dir).expanduser().resolve())
-
-    @property
-    def world(self) -> Path:  # the bootstrap world's files, written by lipo.bootstrap.copytask.make_world
-        return self.root / "world"
-
-    @property
-    def demos(self) -> Path:
-        return self.world / "demos.jsonl"
-
-    @property
-    def rm_lists(self) -> Path:
-        return self.world / "rm_lists.jsonl"
-
-    @property
-    def rm_prompts(self) -> Path:
-        return self.world / "rm_prompts.jsonl"
-
-    @property
-    def prompts(self) -> Path:
-        return self.world / "prompts.jsonl"
-
-    @property
-    def eval_prompts(self) -> Path:
-        return self.world / "eval_prompts.jsonl"
-
-    @property
-    def compare(self) -> Path:
-        return self.root / "compare"
+        root = Path(cfg.output_dir).expanduser().resolve()
+        w = root / "world"
+        return cls(root, w, w / "demos.jsonl", w / "rm_lists.jsonl", w / "rm_prompts.jsonl", w / "prompts.jsonl",
+                   w / "eval_prompts.jsonl", root / "compare")
