@@ -26,7 +26,9 @@ M = TypeVar("M", bound=BaseModel)
 class Strict(BaseModel):
     """Base for config sections: unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # defer_build: a model builds its validator on first use, so loading the stage table (every `lipo` command,
+    # `lipo --help` too) does not pay for every stage's schema.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
 
 
 def apply_override(tree: dict[str, Any], override: str) -> None:

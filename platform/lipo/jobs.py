@@ -17,9 +17,8 @@ Equivalent Ray CLI (what `lipo submit` builds; `deploy/jobs/runtime_env.yaml` ho
 Environment: `LIPO_ENTRYPOINT_NUM_CPUS` / `LIPO_ENTRYPOINT_NUM_GPUS` reserve resources for the driver (default 0,
 which keeps the driver on the head node); `MLFLOW_TRACKING_URI` and `LIPO_SHARED_FS` are passed on to the job.
 
-`check_shared_storage(output_dir)` is the guard a stage calls after joining Ray: on a multi-node cluster a
-node-local `output_dir` would scatter checkpoints over the nodes' disks, so it must be remote (`s3://...`) or a
-shared filesystem declared with `LIPO_SHARED_FS=1`.
+On a multi-node cluster the job's `output_dir` must be shared storage: `lipo.runtime.check_shared_storage` refuses a
+node-local one when a stage starts.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-import ray
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
 
@@ -257,34 +255,3 @@ def submit_job(config: str | Path, overrides: list[str], *, address: str, stage:
         raise LipoError(f"job {job_id} {status}: {_first_line(info.message or 'no message')} "
                         f"(full log: ray job logs {job_id} --address {address})")
     return job_id
-
-
-# --- Storage on a multi-node cluster --------------------------------------------------------------------------------
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def is_remote_uri(path: str) -> bool:
-    """`s3://bucket/x`, `gs://...`, `abfs://...`: storage every node reaches. `file://` is a local path."""
-    scheme = urlsplit(str(path)).scheme
-    return "://" in str(path) and len(scheme) > 1 and scheme != "file"
-
-
-def check_shared_storage(output_dir: str | Path, shared: bool | None = None) -> None:
-    """Refuse a node-local `output_dir` when this process is connected to a Ray cluster of more than one node.
-
-    Ray Train workers on other nodes write checkpoints under `output_dir` on their own disk, where the driver and a
-    restarted worker cannot find them. `shared=True` (or env `LIPO_SHARED_FS=1`) declares a local path to be a
-    shared mount (NFS, CephFS ...) present at the same path on every node. Outside Ray, or on one node, any path
-    works. Call it after joining Ray (ray.init) and before the trainer starts.
-    """
-    if is_remote_uri(str(output_dir)):
-        return
-    if shared if shared is not None else _truthy(os.environ.get("LIPO_SHARED_FS")):
-        return
-    if not ray.is_initialized():
-        return
-    alive = [n for n in ray.nodes() if n.get("Alive")]
-    if len(alive) > 1:
-        raise LipoError(f"output_dir {output_dir} is node-local but the cluster has {len(alive)} nodes; use "
-                        f"s3://... or a shared filesystem (set LIPO_SHARED_FS=1 if it is NFS)")

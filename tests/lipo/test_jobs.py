@@ -260,55 +260,6 @@ def test_no_follow_returns_after_submitting(tmp_path, toy_lists, monkeypatch, ca
     assert f"ray job logs --follow {job_id}" in capsys.readouterr().out and client.submitted
 
 
-# --- The multi-node storage guard -------------------------------------------------------------------------------------
-@pytest.fixture
-def cluster(monkeypatch):
-    """Pretend this process is connected to a Ray cluster of `nodes(n)` alive nodes (plus one dead one)."""
-    import ray
-
-    monkeypatch.delenv("LIPO_SHARED_FS", raising=False)
-    monkeypatch.setattr(ray, "is_initialized", lambda: True)
-
-    def nodes(n: int) -> None:
-        monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}] * n + [{"Alive": False}])
-
-    return nodes
-
-
-def test_local_output_dir_on_several_nodes_is_refused(cluster):
-    cluster(3)
-    with pytest.raises(LipoError, match=r"output_dir /data/runs is node-local but the cluster has 3 nodes; use "
-                                        r"s3://\.\.\. or a shared filesystem \(set LIPO_SHARED_FS=1"):
-        jobs.check_shared_storage("/data/runs")
-    with pytest.raises(LipoError):
-        jobs.check_shared_storage("file:///data/runs")
-
-
-@pytest.mark.parametrize("output_dir", ["s3://bucket/runs", "gs://bucket/runs", "abfs://c@acct/runs"])
-def test_remote_output_dir_is_fine_on_several_nodes(cluster, output_dir):
-    cluster(3)
-    jobs.check_shared_storage(output_dir)
-
-
-def test_declared_shared_filesystem_is_fine(cluster, monkeypatch):
-    cluster(2)
-    jobs.check_shared_storage("/mnt/nfs/runs", shared=True)
-    monkeypatch.setenv("LIPO_SHARED_FS", "1")
-    jobs.check_shared_storage("/mnt/nfs/runs")
-    with pytest.raises(LipoError):  # an explicit `shared=False` (a config flag) wins over the environment
-        jobs.check_shared_storage("/mnt/nfs/runs", shared=False)
-
-
-def test_one_node_or_no_ray_is_fine(cluster, monkeypatch):
-    import ray
-
-    cluster(1)
-    jobs.check_shared_storage("runs")
-    cluster(4)
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    jobs.check_shared_storage("runs")
-
-
 # --- A real job on a real (local) Ray cluster -------------------------------------------------------------------------
 @pytest.fixture
 def ray_head():
@@ -384,7 +335,7 @@ def test_submitted_train_job_succeeds_and_logs_to_mlflow(ray_head, tmp_path, toy
     print(f"lipo submit took {time.time() - start:.0f}s\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[lipo] submitted job lipo-train-" in proc.stdout
-    assert "[lipo] lipo data:" in proc.stdout  # the job's own output, followed
+    assert "[lipo] train data:" in proc.stdout  # the job's own output, followed
     assert "[lipo] uploaded checkout imported" in proc.stdout
     assert proc.stdout.rstrip().splitlines()[-1].endswith("SUCCEEDED")
 

@@ -10,10 +10,13 @@ import math
 import os
 from pathlib import Path
 
-import deepspeed
 import torch
 
 from lipo.training.config import TrainConfig
+
+# _deepspeed_note: DeepSpeed is imported inside the functions that use it. The Ray Train controller unpickles
+# `train_loop` and so imports this module; at module level it would load DeepSpeed there too, which costs seconds
+# and prints its accelerator probe once more on the user's console.
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
@@ -50,6 +53,8 @@ def ds_config(cfg: TrainConfig, world: int, train: bool = True, n_params: int = 
 
 
 def build_engine(model: torch.nn.Module, cfg: TrainConfig, world: int, total_steps: int):
+    import deepspeed  # see _deepspeed_note: where used, so the Ray Train controller never imports it
+
     o = cfg.optim
 
     def scheduler(optimizer):
@@ -68,6 +73,8 @@ def build_reference(model: torch.nn.Module, cfg: TrainConfig, world: int):
     model.requires_grad_(False)
     if cfg.deepspeed.stage != 3:
         return model.to("cuda" if cfg.scaling.use_gpu else "cpu").eval()
+    import deepspeed  # see _deepspeed_note
+
     n_params = sum(p.numel() for p in model.parameters())
     engine, *_ = deepspeed.initialize(model=model, config=ds_config(cfg, world, train=False, n_params=n_params))
     engine.eval()
@@ -97,6 +104,8 @@ def load_checkpoint(engine, directory: Path, rank: int) -> int:
 
 def export_model(engine, tokenizer, out_dir: Path, stage: int, rank: int) -> None:
     """Write a consolidated safetensors HF model + tokenizer; ZeRO-3 shards are gathered first."""
+    import deepspeed  # see _deepspeed_note
+
     model = engine.module
     params = list(model.parameters())
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=stage == 3):

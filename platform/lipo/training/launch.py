@@ -16,15 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import ray
 from ray.exceptions import RayActorError
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from lipo import tracking
 from lipo.errors import LipoError
-from lipo.jobs import check_shared_storage
-from lipo.runtime import ensure_ray
+from lipo.runtime import check_shared_storage, ensure_ray
 from lipo.training.loop import train_loop
 from lipo.training.prepare import Prepared, prepare
 from lipo.training.progress import ProgressSink, follow
@@ -62,7 +60,10 @@ def launch(task: Task, parent_run_id: str | None = None, fault: dict | None = No
         try:
             follow(trainer(task, prep, sink, fault).fit, sink, on_metrics, desc=f"{task.stage} {prep.run_name}")
         except TrainingFailedError as exc:
-            raise training_failure(exc, prep.run_name) from exc
+            failure = training_failure(exc, prep.run_name)
+            if failure is exc:
+                raise  # a bug in lipo: Ray's error, with the worker's traceback
+            raise failure from exc
         evaluated = task.evaluate(prep.model_dir)
         run.log_metrics(evaluated, 0)
         run.log_artifacts(prep.model_dir, "model")
@@ -71,21 +72,19 @@ def launch(task: Task, parent_run_id: str | None = None, fault: dict | None = No
 
 
 def trainer(task: Task, prep: Prepared, sink, fault: dict | None) -> TorchTrainer:
-    """Ray Train's trainer: one `train_loop` per worker, each given the task object and the whole row set."""
+    """Ray Train's trainer: one `train_loop` per worker, each given the task object and the path of the tokenised
+    rows (`lipo.training.token_cache`), from which it reads only what its plan assigns it."""
     cfg, sc = task.cfg, task.cfg.scaling
-    ray.data.DataContext.get_current().enable_progress_bars = False  # workers read the whole set once; no bars
     return TorchTrainer(
         train_loop,
-        train_loop_config={"task": task, "sink": sink, "fault": fault, "model_dir": str(prep.model_dir)},
+        train_loop_config={"task": task, "sink": sink, "fault": fault, "model_dir": str(prep.model_dir),
+                           "rows": str(prep.rows.path), "has_ref": prep.rows.has_ref},
         scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=(
             {"CPU": sc.cpus_per_worker, "GPU": sc.gpus_per_worker} if sc.use_gpu else {"CPU": sc.cpus_per_worker})),
         torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
         run_config=RunConfig(name=prep.run_name, storage_path=str(prep.output_dir),
                              failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep)),
-        datasets={"train": ray.data.from_items(prep.rows)},
-        # No split: every worker takes its own seeded slice (lipo.training.plan), so resume is exact.
-        dataset_config=DataConfig(datasets_to_split=[]),
     )
 
 

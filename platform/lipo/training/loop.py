@@ -12,8 +12,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import ray.data
 import ray.train
 import torch
 import torch.distributed as dist
@@ -23,22 +21,7 @@ from lipo.models.packed_logps import batch_token_count
 from lipo.training import engine as eng
 from lipo.training.plan import BatchPlan
 from lipo.training.tasks import Task
-
-
-def _plain(v):
-    """Arrow/numpy values from Ray Data back to plain Python lists and scalars."""
-    if isinstance(v, np.ndarray):
-        return [_plain(x) for x in v.tolist()] if v.dtype == object else v.tolist()
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v.item() if isinstance(v, np.generic) else v
-
-
-def load_rows() -> list[dict]:
-    """This worker's copy of the rows, in dataset order (see `plan.py` for why every worker has all)."""
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    rows = [{k: _plain(v) for k, v in r.items()} for r in ray.train.get_dataset_shard("train").iter_rows()]
-    return sorted(rows, key=lambda r: int(r["idx"]))
+from lipo.training.token_cache import TokenRows
 
 
 def train_loop(config: dict) -> None:
@@ -49,11 +32,11 @@ def train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.seed + rank)
     device = torch.device("cuda" if cfg.scaling.use_gpu else "cpu")
-    rows = load_rows()
+    rows = TokenRows(config["rows"])  # memory-mapped; each micro-batch takes only its own lists
     plan = BatchPlan(len(rows), cfg.optim.micro_batch_size, world, cfg.optim.grad_accum, cfg.optim.epochs,
                      cfg.optim.max_steps, cfg.seed)
     tokenizer = load_tokenizer(cfg.model.path)
-    has_ref = all(r.get("ref_logps") is not None for r in rows)
+    has_ref = config["has_ref"]  # every list carries ref_logps: no reference model is needed
     engine = eng.build_engine(task.build_model(), cfg, world, plan.total_steps)
     ref = task.build_reference(world, has_ref)
     start = 0
@@ -66,7 +49,7 @@ def train_loop(config: dict) -> None:
         # ---- step
         t0, sums, tokens = time.perf_counter(), None, 0
         for micro in range(cfg.optim.grad_accum):
-            items = [rows[i] for i in plan.indices(step, micro, rank)]
+            items = rows.take(plan.indices(step, micro, rank))
             batch = {k: v.to(device) for k, v in task.collate(items, tokenizer.pad_token_id).items()}
             loss, m = task.loss(engine, ref, batch)
             engine.backward(loss)

@@ -1,7 +1,7 @@
 """Which lists each worker sees at each step: a pure function of (seed, epoch, step, micro-step, rank).
 
-Every worker holds the whole (small, tokenised) list dataset and picks its slice from a seeded permutation, like
-torch's DistributedSampler. The batch at any step is therefore known without replaying the data stream, which is
+Every worker sees the whole tokenised list dataset (memory-mapped, `lipo.training.token_cache`) and reads only its
+slice of a seeded permutation, like torch's DistributedSampler. The batch at any step is therefore known without replaying the data stream, which is
 what makes a resumed run bit-for-bit equal to an uninterrupted one. The last step of an epoch is filled by wrapping
 around to the start of the same permutation, so no list is skipped.
 """

@@ -2,8 +2,8 @@
 
     prep = prepare(ListwiseTask(cfg))   # raises LipoError naming the key, file, row or field
 
-It checks the model specs and environment, then builds the task's rows (`task.rows`), counting every truncation
-and drop.
+It checks the model specs and environment, then finds or builds the task's tokenised rows (`task.rows`, cached by
+`lipo.training.token_cache`), counting every truncation and drop.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from lipo.errors import LipoError
 from lipo.models.loading import check_model_spec, load_tokenizer
 from lipo.training.tasks import Task
+from lipo.training.token_cache import TokenCache, token_cache
 
 
 @dataclass
@@ -24,7 +25,7 @@ class Prepared:
     run_name: str
     output_dir: Path
     model_dir: Path
-    rows: list[dict]  # with an `idx` column giving dataset order
+    rows: TokenCache  # the tokenised rows on disk, in dataset order
     metrics: dict[str, float]
     summary: str
     tokenizer: object
@@ -55,9 +56,6 @@ def prepare(task: Task) -> Prepared:
         tokenizer = load_tokenizer(cfg.model.path)
     except OSError as exc:
         raise LipoError(f"model.path: cannot load tokenizer of '{cfg.model.path}': {exc}".splitlines()[0]) from None
-    rows, metrics, summary = task.rows(tokenizer)
-    if not rows:
-        raise LipoError(f"no usable rows left in {cfg.data.train} ({summary})")
-    for i, row in enumerate(rows):
-        row["idx"] = i
-    return Prepared(run_name, output_dir, cfg.model_dir(run_name), rows, metrics, summary, tokenizer)
+    cache = token_cache(task, tokenizer)
+    summary = cache.summary + ("; tokenised rows reused from the cache" if cache.reused else "")
+    return Prepared(run_name, output_dir, cfg.model_dir(run_name), cache, cache.metrics, summary, tokenizer)
