@@ -107,7 +107,7 @@ def vllm_generate_stage(ds, plan: Plan):
     return vllm_generate(ds, plan.cfg)
 
 
-# `generate.engine` -> how the dataset gets its candidates; looked up once per build, when the plan is made.
+# `generate.engine` -> how the dataset gets its candidates; looked up once per build, in `build_dataset`.
 GENERATE_ENGINES: dict[str, Callable[[Any, Plan], Any]] = {"hf": hf_generate, "vllm": vllm_generate_stage}
 
 

@@ -45,7 +45,7 @@ def compare(cfg: PipelineConfig) -> list[dict]:
         raise ConfigError("evaluate.server.url: compare serves each trained policy itself; leave it unset")
     ledger = Ledger(paths.root)
     with tracking.stage_run(uri, cfg.experiment, f"{cfg.name}-compare", "compare") as parent:
-        up = upstream(cfg, paths, uri, stages, ledger, parent.run_id)
+        up = upstream(cfg, paths, stages, ledger, parent.run_id)
         full_k = stages.build_lists.generate.num_candidates if stages.build_lists.generate else max(
             cfg.compare.list_sizes)
         rows = [variant(cfg, up, ledger, obj, k, full_k) for obj, k in variants(cfg, full_k)]

@@ -37,8 +37,6 @@ Result = dict[str, Any]  # what a stage leaves in its ledger marker (JSON)
 class Upstream:
     """Everything before the LiPO training, done: what `lipo run` and `lipo compare` share."""
 
-    paths: Paths
-    uri: str
     stages: StageConfigs
     parent_run_id: str
     results: dict[str, Result]
@@ -50,7 +48,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     stages = resolve(cfg, uri)  # every stage config validated before any work starts
     ledger = Ledger(paths.root)
     with tracking.stage_run(uri, cfg.experiment, cfg.name, "pipeline") as parent:
-        up = upstream(cfg, paths, uri, stages, ledger, parent.run_id)
+        up = upstream(cfg, paths, stages, ledger, parent.run_id)
         res = up.results
         res["train"] = ledger.run("train", stages.train, train_policy, stages.train, parent.run_id)
         stages.evaluate.tracking.train_run_id = res["train"]["run_id"]  # links the runs; a new policy re-evaluates
@@ -62,8 +60,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
         return report_summary(parent, cfg, res, ledger.skipped)
 
 
-def upstream(cfg: PipelineConfig, paths: Paths, uri: str, stages: StageConfigs, ledger: Ledger,
-             parent: str) -> Upstream:
+def upstream(cfg: PipelineConfig, paths: Paths, stages: StageConfigs, ledger: Ledger, parent: str) -> Upstream:
     """Run the stages before training (world, sft, preferences, train-rm, build-lists), each once."""
     stages.evaluate.tracking.parent_run_id = parent
     if cfg.world is not None:
@@ -77,7 +74,7 @@ def upstream(cfg: PipelineConfig, paths: Paths, uri: str, stages: StageConfigs, 
         res["reward_model"] = ledger.run("reward_model", stages.reward_model, train_reward_model,
                                          stages.reward_model, parent)
     res["build_lists"] = ledger.run("build_lists", stages.build_lists, make_lists, stages.build_lists, parent)
-    return Upstream(paths, uri, stages, parent, res)
+    return Upstream(stages, parent, res)
 
 
 # One function per stage: run it with the library's driver, keep what later stages and the summary need.

@@ -47,7 +47,7 @@ def launch(task: Task, parent_run_id: str | None = None, fault: dict | None = No
     uri = tracking.resolve_uri(cfg.tracking.uri, cfg.output_dir)
     with tracking.stage_run(uri, cfg.tracking.experiment, prep.run_name, task.stage, parent_run_id,
                             config=resolved) as run:
-        run.log_metrics(prep.metrics, 0)
+        run.log_metrics(prep.rows.metrics, 0)
         ensure_ray()
         check_shared_storage(cfg.output_dir)  # multi-node runs need checkpoints on shared storage
         sink = ProgressSink.remote()

@@ -25,10 +25,8 @@ class Prepared:
     run_name: str
     output_dir: Path
     model_dir: Path
-    rows: TokenCache  # the tokenised rows on disk, in dataset order
-    metrics: dict[str, float]
+    rows: TokenCache  # the tokenised rows on disk, in dataset order, with their drop counts (`rows.metrics`)
     summary: str
-    tokenizer: object
 
 
 def check_environment(cfg) -> None:
@@ -58,4 +56,4 @@ def prepare(task: Task) -> Prepared:
         raise LipoError(f"model.path: cannot load tokenizer of '{cfg.model.path}': {exc}".splitlines()[0]) from None
     cache = token_cache(task, tokenizer)
     summary = cache.summary + ("; tokenised rows reused from the cache" if cache.reused else "")
-    return Prepared(run_name, output_dir, cfg.model_dir(run_name), cache, cache.metrics, summary, tokenizer)
+    return Prepared(run_name, output_dir, cfg.model_dir(run_name), cache, summary)

@@ -81,9 +81,9 @@ class ListwiseTask:
     def __post_init__(self) -> None:
         self.packing = self.cfg.data.packing
         o = self.cfg.objective
-        fn = LOSSES[o.name]  # resolved once here, never per step
-        self.objective = functools.partial(fn, weight=o.lambda_weight, normalize=o.normalize) if o.name == "lambda" \
-            else fn
+        self.objective = LOSSES[o.name]  # resolved once here, never per step
+        if o.name == "lambda":
+            self.objective = functools.partial(self.objective, weight=o.lambda_weight, normalize=o.normalize)
 
     def rows(self, tokenizer):
         return R.listwise_rows(self.cfg, tokenizer)
