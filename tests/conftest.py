@@ -24,6 +24,26 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def s3():
+    """A bucket on a local moto S3 server; pyarrow finds it through AWS_ENDPOINT_URL."""
+    server_mod = pytest.importorskip("moto.server")
+    server = server_mod.ThreadedMotoServer(port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import pyarrow.fs as pafs
+
+    pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], allow_bucket_creation=True).create_dir("lipo")
+    yield "s3://lipo"
+    server.stop()
+    for k, v in old.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
 def write_toy_lists(path: Path, n_lists: int = 8, k: int = 4, seed: int = 0) -> Path:
     """n_lists lists of k distinct random responses with distinct labels (so every list has k(k-1)/2 pairs)."""
     rng = random.Random(seed)

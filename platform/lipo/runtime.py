@@ -14,11 +14,10 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
-
 import ray
 
 from lipo.errors import LipoError
+from lipo.storage import is_remote_uri
 
 
 def ensure_ray() -> None:
@@ -36,12 +35,6 @@ def ensure_ray() -> None:
 
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def is_remote_uri(path: str) -> bool:
-    """`s3://bucket/x`, `gs://...`, `abfs://...`: storage every node reaches. `file://` is a local path."""
-    scheme = urlsplit(str(path)).scheme
-    return "://" in str(path) and len(scheme) > 1 and scheme != "file"
 
 
 def check_shared_storage(output_dir: str | Path, shared: bool | None = None) -> None:

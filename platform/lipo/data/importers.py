@@ -288,7 +288,7 @@ def import_file(fmt: str, source: str | list[str], output: str, on_invalid: Lite
     if not str(output).endswith(".parquet"):
         raise DataError(f"output {output} must be a .parquet file")
     left_out: Counter = Counter()
-    paths = resolve_paths(source)
+    paths = [f.name for f in resolve_paths(source)]
     if fmt == "ranked" and _is_message_export(paths):
         messages, report = read_records(paths, message_row, MESSAGE_SCHEMA, on_invalid)
         rows = oasst_lists(messages, left_out)

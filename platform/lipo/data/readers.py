@@ -4,10 +4,9 @@
     print(report.summary())              # one line; report.as_metrics() goes to MLflow
     write_lists(table, "out/lists.parquet")
 
-Inputs: files, directories (every *.jsonl / *.json / *.parquet below, recursively, sorted; names starting with `.` or
-`_` are skipped) and glob patterns. `.json` is read as JSON Lines like `.jsonl`: one object per line. Rows are
-numbered from 1 in both formats: the line number in JSONL (blank lines are skipped but still counted), the row
-index + 1 in Parquet. Every row is validated with `ListRecord`; an invalid row raises `DataError` with one line:
+Inputs: files, directories, globs and pyarrow-filesystem URIs (`lipo.data.files`). Rows are numbered from 1 in both
+formats: the line number in JSONL (blank lines are skipped but still counted), the row index + 1 in Parquet. Every
+row is validated with `ListRecord`; an invalid row raises `DataError` with one line:
 
     data/train.jsonl: row 7: field 'labels[1]': must be finite, got nan
 
@@ -15,16 +14,16 @@ or, with `on_invalid="skip"`, is counted in the `ReadReport` (by the reason of i
 Duplicate ids are invalid too (ids key joins such as cached reference log-probs). The valid rows come back as
 one Arrow table in `LIST_SCHEMA` form with every id filled (see `lipo.data.records`).
 
-Why validation is a streaming pass on the driver rather than a Ray Data `map_batches`: it reports the exact file
-and row number of a bad row (Ray Data's readers lose both once blocks are split and fused), it fails before any
-cluster work starts (no worker start-up or GPU time for a typo in row 7), and it streams (JSONL line by line,
-Parquet batch by batch) so a bad row late in a big file costs no more memory than a good one. List datasets are
-text, small next to a training run, so one driver pass is cheap. The stages hand the validated table (or rows made
-from it) to Ray themselves.
+Two ways to read:
+- `read_records` / `read_lists`: one streaming pass in this process, for what is small by nature (a held-out set,
+  an import, a test).
+- `read_unit`: one `ReadUnit` (a JSONL file, or Parquet row groups) validated on its own, as the tasks of a Ray Data
+  read do (`lipo.data.distributed`). Its report merges with the others' (`ReadReport.merge`); duplicate ids across
+  units are then found from id hashes (`lipo.data.distributed`), since no single task sees every id.
 
-`write_lists` writes ONE Parquet file (not a directory of shards): Ray Data re-shards on read anyway, and a single
-file is simplest to version, hash and pass between stages. It validates every row and replaces the file
-atomically, so a crashed write never leaves half a dataset behind.
+`write_lists` writes ONE Parquet file (not a directory of shards): a single file is simplest to version, hash and
+pass between stages. It validates every row and replaces the file atomically, so a crashed write never leaves half
+a dataset behind.
 
 This module imports no torch, transformers or Ray (tests/lipo/data/test_readers.py checks), so the CLI stays quick.
 Tests: tests/lipo/data/test_readers.py.
@@ -32,9 +31,6 @@ Tests: tests/lipo/data/test_readers.py.
 
 from __future__ import annotations
 
-import codecs
-import glob
-import json
 import os
 import re
 from collections import Counter
@@ -46,17 +42,15 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lipo.data.files import PathSpec, ReadUnit, plan_units, resolve_paths, unit_rows
 from lipo.data.records import LIST_SCHEMA, InvalidRecord, ListRecord, Problem, record_to_row, row_to_record
 from lipo.errors import DataError
 
-JSONL_SUFFIXES = (".jsonl", ".json")
-PARQUET_SUFFIXES = (".parquet",)
 MAX_FIRST_ERRORS = 5
 _BATCH_ROWS = 4096
 _COLUMNS = frozenset(LIST_SCHEMA.names)
-_GLOB_CHARS = frozenset("*?[")
 
-PathSpec = str | os.PathLike[str]
+__all__ = ["ReadReport", "list_row", "read_lists", "read_records", "read_unit", "resolve_paths", "write_lists"]
 
 
 @dataclass
@@ -76,6 +70,29 @@ class ReadReport:
     skipped_by_reason: dict[str, int] = field(default_factory=Counter)
     first_errors: list[str] = field(default_factory=list)
     files: dict[str, FileCounts] = field(default_factory=dict)
+
+    def merge(self, other: "ReadReport") -> None:
+        """Add another unit's counts (units merge in input order, so `first_errors` stay the first ones)."""
+        self.rows_read += other.rows_read
+        self.rows_valid += other.rows_valid
+        self.rows_skipped += other.rows_skipped
+        self.skipped_by_reason.update(other.skipped_by_reason)
+        self.first_errors = (self.first_errors + other.first_errors)[:MAX_FIRST_ERRORS]
+        for name, c in other.files.items():
+            mine = self.files.setdefault(name, FileCounts())
+            mine.rows_read += c.rows_read
+            mine.rows_valid += c.rows_valid
+            mine.rows_skipped += c.rows_skipped
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rows_read": self.rows_read, "rows_valid": self.rows_valid, "rows_skipped": self.rows_skipped,
+                "skipped_by_reason": dict(self.skipped_by_reason), "first_errors": self.first_errors,
+                "files": {k: [c.rows_read, c.rows_valid, c.rows_skipped] for k, c in self.files.items()}}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ReadReport":
+        return cls(d["rows_read"], d["rows_valid"], d["rows_skipped"], Counter(d["skipped_by_reason"]),
+                   list(d["first_errors"]), {k: FileCounts(*v) for k, v in d["files"].items()})
 
     def summary(self) -> str:
         """One line, e.g. `read 10 rows from 2 files: 8 valid, 2 skipped (labels: not finite 2)`."""
@@ -102,116 +119,10 @@ class ReadReport:
         return out
 
 
-# ---------------------------------------------------------------------------------------------------- inputs
-
-
-def _format_of(path: str) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix in JSONL_SUFFIXES:
-        return "jsonl"
-    if suffix in PARQUET_SUFFIXES:
-        return "parquet"
-    what = f"unknown file extension '{suffix}'" if suffix else "no file extension"
-    raise DataError(f"{path}: {what} (expected .jsonl, .json or .parquet)")
-
-
-def _is_data_file(name: str) -> bool:
-    return Path(name).suffix.lower() in JSONL_SUFFIXES + PARQUET_SUFFIXES
-
-
-def _files_under(directory: str) -> list[str]:
-    found = []
-    for root, dirs, names in os.walk(directory):
-        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]  # .ipynb_checkpoints, _temporary, ...
-        found += [os.path.join(root, n) for n in names if not n.startswith((".", "_")) and _is_data_file(n)]
-    return sorted(found, key=lambda p: os.path.relpath(p, directory))
-
-
-def _expand(spec: str) -> list[str]:
-    if os.path.isdir(spec):
-        files = _files_under(spec)
-        if not files:
-            raise DataError(f"directory {spec} has no .jsonl, .json or .parquet files")
-        return files
-    if os.path.isfile(spec):
-        _format_of(spec)  # an explicitly named file with an unknown extension is an error, not skipped
-        return [spec]
-    if _GLOB_CHARS & set(spec):
-        files = []
-        for match in sorted(glob.glob(spec, recursive=True)):
-            files += _files_under(match) if os.path.isdir(match) else [match] if _is_data_file(match) else []
-        if not files:
-            raise DataError(f"no .jsonl, .json or .parquet files match {spec}")
-        return files
-    raise DataError(f"file not found: {spec}")
-
-
-def resolve_paths(paths: PathSpec | Sequence[PathSpec]) -> list[str]:
-    """Files, directories and globs -> the data files to read, in order, each once."""
-    specs = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    if not specs:
-        raise DataError("no input paths given")
-    out, seen = [], set()
-    for spec in specs:
-        for path in _expand(os.fspath(spec)):
-            key = os.path.realpath(path)
-            if key not in seen:
-                seen.add(key)
-                out.append(path)
-    return out
-
-
-def _jsonl_rows(path: str) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed object or Problem); binary reading keeps line numbers exact and catches bad UTF-8."""
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed by the with below; open errors need their own message
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read file ({exc.strerror})") from None
-    with f:
-        for n, raw in enumerate(f, start=1):
-            if n == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8):]
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield n, Problem("<json>", f"line is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
-                                           f"{exc.start})", "<json>: not utf-8")
-                continue
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield n, Problem("<json>", f"malformed JSON: {exc.msg} at column {exc.colno}", "<json>: malformed")
-                continue
-            if not isinstance(obj, dict):
-                yield n, Problem("<json>", f"expected one JSON object per line, got {type(obj).__name__}",
-                                 "<json>: not an object")
-                continue
-            yield n, obj
-
-
-def _parquet_rows(path: str, wanted: frozenset[str] = _COLUMNS) -> Iterator[tuple[int, Any]]:
-    """(1-based row number, row dict), batch by batch; only the `wanted` columns are read."""
-    try:
-        pf = pq.ParquetFile(path)
-        columns = [c for c in pf.schema_arrow.names if c in wanted]
-        if not columns:
-            found = ", ".join(pf.schema_arrow.names) or "none"
-            raise DataError(f"{path}: none of the expected columns {sorted(wanted)} (found: {found})")
-        n = 0
-        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns):
-            for row in batch.to_pylist():
-                n += 1
-                yield n, row
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{path}: not a readable Parquet file ({exc})".replace("\n", " ")) from None
-
-
 # ---------------------------------------------------------------------------------------------------- reading
 
 
-def _list_row(item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+def list_row(item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     rec = row_to_record(item)
     return rec.id, record_to_row(rec)
 
@@ -222,9 +133,9 @@ class _Collector:
     `to_row(item) -> (id, row)` validates one item (raising `InvalidRecord`) and returns it in `schema` form.
     """
 
-    def __init__(self, on_invalid: str, to_row: Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]] = _list_row,
-                 schema: pa.Schema = LIST_SCHEMA):
-        self.on_invalid = on_invalid
+    def __init__(self, on_invalid: str, to_row: Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]] = list_row,
+                 schema: pa.Schema = LIST_SCHEMA, dedupe: bool = True):
+        self.on_invalid, self.dedupe = on_invalid, dedupe
         self.to_row, self.schema = to_row, schema
         self.report = ReadReport()
         self._rows: list[dict[str, Any]] = []
@@ -241,7 +152,7 @@ class _Collector:
             rid, row = self.to_row(item)
         except InvalidRecord as exc:
             return self._reject(path, n, exc.problems)
-        first = self._seen.setdefault(rid, (path, n))
+        first = self._seen.setdefault(rid, (path, n)) if self.dedupe else (path, n)
         if first != (path, n):
             dup = Problem("id", f"duplicate id '{rid}' (first at {first[0]} row {first[1]})", "id: duplicate")
             return self._reject(path, n, [dup])
@@ -278,7 +189,7 @@ def read_lists(
     paths: PathSpec | Sequence[PathSpec], on_invalid: Literal["error", "skip"] = "error"
 ) -> tuple[pa.Table, ReadReport]:
     """Read, validate and concatenate list files; returns (LIST_SCHEMA table of valid rows, report)."""
-    return read_records(paths, _list_row, LIST_SCHEMA, on_invalid)
+    return read_records(paths, list_row, LIST_SCHEMA, on_invalid)
 
 
 def read_records(
@@ -295,19 +206,67 @@ def read_records(
     if on_invalid not in ("error", "skip"):
         raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
     collector = _Collector(on_invalid, to_row, schema)
-    wanted = frozenset(schema.names) | {"prompt", "prompt_messages"}
-    for path in resolve_paths(paths):
-        collector.report.files[path] = FileCounts()
-        rows = _jsonl_rows(path) if _format_of(path) == "jsonl" else _parquet_rows(path, wanted)
-        for n, item in rows:
-            collector.add(path, n, item)
-        if collector.report.files[path].rows_read == 0:
-            raise DataError(f"{path}: has no rows")
+    wanted = _wanted(schema)
+    for unit in plan_units(resolve_paths(paths)):
+        _collect(collector, unit, wanted)
     table = collector.table()
     if table.num_rows == 0:
         first = collector.report.first_errors[0] if collector.report.first_errors else ""
         raise DataError(f"no valid rows: {collector.report.summary()}; first error: {first}")
     return table, collector.report
+
+
+def _wanted(schema: pa.Schema) -> frozenset[str]:
+    return frozenset(schema.names) | {"prompt", "prompt_messages"}
+
+
+def _collect(collector: _Collector, unit: ReadUnit, wanted: frozenset[str]) -> None:
+    collector.report.files.setdefault(unit.name, FileCounts())
+    for n, item in unit_rows(unit, wanted):
+        collector.add(unit.name, n, item)
+    if unit.rows is None and collector.report.files[unit.name].rows_read == 0:  # a JSONL file (Parquet: planning)
+        raise DataError(f"{unit.name}: has no rows")
+
+
+def read_unit(
+    unit: ReadUnit,
+    to_row: Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]],
+    schema: pa.Schema,
+    on_invalid: Literal["error", "skip"],
+    report: ReadReport,
+) -> Iterator[pa.Table]:
+    """One unit's valid rows (`schema` columns) in tables of a few thousand rows, counted into `report` as they go.
+
+    Duplicate ids are not checked here: they may sit in different units (see `lipo.data.distributed`)."""
+    collector = _Collector(on_invalid, to_row, schema, dedupe=False)
+    collector.report = report
+    report.files.setdefault(unit.name, FileCounts())
+    for n, item in unit_rows(unit, _wanted(schema)):
+        collector.add(unit.name, n, item)
+        while collector._tables:
+            yield collector._tables.pop(0)
+    collector._flush()
+    yield from collector._tables
+    if unit.rows is None and report.files[unit.name].rows_read == 0:  # a JSONL file (Parquet: at planning)
+        raise DataError(f"{unit.name}: has no rows")
+
+
+def valid_row_number(unit: ReadUnit, to_row: Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]],
+                     schema: pa.Schema, k: int) -> tuple[int, str]:
+    """(row number in its file, id) of the unit's k-th (0-based) valid row: for messages about a row that a later
+    check (duplicate ids across units) rejects."""
+    seen = -1
+    for n, item in unit_rows(unit, _wanted(schema)):
+        if isinstance(item, Problem):
+            continue
+        try:
+            rid, _ = to_row(item)
+        except InvalidRecord:
+            continue
+        seen += 1
+        if seen == k:
+            return n, rid
+    raise ValueError(f"{unit.name} has no valid row {k}")
 
 
 # ---------------------------------------------------------------------------------------------------- writing

@@ -59,15 +59,28 @@ def prompt_messages(prompt: Any) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in prompt]
 
 
-def encode_prompt(prompt: Any, tokenizer) -> list[int]:
-    """Full (untruncated) prompt token ids, through the chat template when the tokenizer has one."""
+def _prompt_text(prompt: Any, tokenizer) -> tuple[str, list[int]]:
+    """(text to encode, ids to put before it): the chat template's text, or the plain text after BOS."""
     messages = prompt_messages(prompt)
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    text = "\n".join(m["content"] for m in messages)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), []
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    return bos + list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return "\n".join(m["content"] for m in messages), bos
+
+
+def _encode_many(texts: list[str], tokenizer) -> list[list[int]]:
+    # One call for many texts: the per-call overhead of a Hugging Face tokenizer dominates short texts.
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+
+def encode_prompts(prompts: list[Any], tokenizer) -> list[list[int]]:
+    """Full (untruncated) prompt token ids, through the chat template when the tokenizer has one."""
+    texts, heads = zip(*(_prompt_text(p, tokenizer) for p in prompts)) if prompts else ((), ())
+    return [head + ids for head, ids in zip(heads, _encode_many(list(texts), tokenizer))]
+
+
+def encode_prompt(prompt: Any, tokenizer) -> list[int]:
+    return encode_prompts([prompt], tokenizer)[0]
 
 
 def encode_response(response: str, tokenizer) -> list[int]:
@@ -81,20 +94,27 @@ def tokenize_list(row: dict, tokenizer, spec: TokenizeSpec) -> tuple[dict | None
     `row["responses"]`), and `labels` / `ref_logps` [K'] restricted to the kept responses (None when the row has none).
     """
     stats = TokenizeStats()
+    out = _assemble(row, encode_prompt(prompt_of(row), tokenizer),
+                    _encode_many(list(row["responses"]), tokenizer), tokenizer.eos_token_id, spec, stats)
+    return out, stats
+
+
+def _assemble(row: dict, prompt_ids: list[int], responses: list[list[int]], eos: int, spec: TokenizeSpec,
+              stats: TokenizeStats) -> dict | None:
+    """Truncate and drop by the rules above, given the row's encoded prompt and responses (without EOS)."""
     stats.counts["lists_in"] += 1
-    prompt_ids = encode_prompt(prompt_of(row), tokenizer)
     if len(prompt_ids) > spec.max_prompt_tokens:
         stats.counts["prompt_truncated"] += 1
         prompt_ids = prompt_ids[-spec.max_prompt_tokens:]
     keep: list[int] = []
     seen: set[tuple[int, ...]] = set()
     response_ids: list[list[int]] = []
-    for i, text in enumerate(row["responses"]):
-        ids = encode_response(text, tokenizer)
+    for i, raw in enumerate(responses):
+        ids = raw + [eos]
         if len(ids) > spec.max_response_tokens:
             stats.counts["response_truncated"] += 1
             ids = ids[: spec.max_response_tokens]
-        if not [t for t in ids if t != tokenizer.eos_token_id]:
+        if not [t for t in ids if t != eos]:
             stats.counts["dropped_empty_response"] += 1
             continue
         if tuple(ids) in seen:
@@ -105,10 +125,10 @@ def tokenize_list(row: dict, tokenizer, spec: TokenizeSpec) -> tuple[dict | None
         response_ids.append(ids)
     if len(keep) < 2:
         stats.counts["dropped_list_too_few_responses"] += 1
-        return None, stats
+        return None
     stats.counts["lists_kept"] += 1
     labels, ref = row.get("labels"), row.get("ref_logps")
-    out = {
+    return {
         "id": row.get("id"),
         "prompt_ids": prompt_ids,
         "response_ids": response_ids,
@@ -116,16 +136,19 @@ def tokenize_list(row: dict, tokenizer, spec: TokenizeSpec) -> tuple[dict | None
         "labels": [float(labels[i]) for i in keep] if labels is not None else None,
         "ref_logps": [float(ref[i]) for i in keep] if ref is not None else None,
     }
-    return out, stats
 
 
 def tokenize_lists(rows: list[dict], tokenizer, spec: TokenizeSpec) -> tuple[list[dict], TokenizeStats]:
-    """Tokenise many rows, keeping the survivors in order."""
+    """Tokenise many rows, keeping the survivors in order; every prompt and every response of the chunk is encoded
+    in one tokenizer call each (the same ids as `tokenize_list`, row by row)."""
     total = TokenizeStats()
-    kept = []
-    for row in rows:
-        tl, stats = tokenize_list(row, tokenizer, spec)
-        total.add(stats)
+    prompts = encode_prompts([prompt_of(r) for r in rows], tokenizer)
+    flat = _encode_many([x for r in rows for x in r["responses"]], tokenizer)
+    kept, start = [], 0
+    for row, prompt_ids in zip(rows, prompts):
+        k = len(row["responses"])
+        tl = _assemble(row, prompt_ids, flat[start:start + k], tokenizer.eos_token_id, spec, total)
+        start += k
         if tl is not None:
             kept.append(tl)
     return kept, total

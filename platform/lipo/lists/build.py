@@ -3,7 +3,8 @@
     result = build_lists(cfg)          # BuildListsConfig -> BuildResult(output_dir, manifest, run_id, tracking_uri)
 
 Run it with `lipo build-lists CONFIG.yaml [key=value ...]` (the CLI and the pipeline call this function). Steps:
-prepare (validate config, models, prompts and the output directory, before Ray; `lipo.lists.pipeline.prepare`),
+prepare (config, models and the output directory before Ray, then the distributed validation pass over the prompts;
+`lipo.lists.pipeline.prepare`),
 open the MLflow run (`lipo.tracking.stage_run`), run the Ray Data pipeline shard by shard (progress metrics per
 shard), write the manifest, log its numbers with the manifest and a sample table as artifacts. Rerunning the same
 config into the same `output.dir` resumes; a finished build is not redone (and opens no run).
@@ -29,7 +30,7 @@ STAGE = "build-lists"
 
 @dataclass
 class BuildResult:
-    output_dir: Path
+    output_dir: Path | str  # a Path for a local output.dir (a path or file://), else the URI
     manifest: dict
     run_id: str | None
     tracking_uri: str | None
@@ -37,7 +38,7 @@ class BuildResult:
 
 def build_lists(cfg: BuildListsConfig, parent_run_id: str | None = None) -> BuildResult:
     """Build (or resume, or find complete) the dataset `cfg` describes; returns where it is and its manifest."""
-    plan = prepare(cfg)  # every user mistake surfaces here, before Ray starts
+    plan = prepare(cfg)  # every user mistake surfaces here, before any model loads
     print(f"[lipo] prompts: {plan.report.summary()}; shards: {len(plan.shards) - len(plan.pending)} of "
           f"{len(plan.shards)} done ({plan.status})", flush=True)
     if plan.status == "complete":
@@ -45,7 +46,9 @@ def build_lists(cfg: BuildListsConfig, parent_run_id: str | None = None) -> Buil
         return BuildResult(plan.out.root, plan.out.manifest(), None, None)
 
     t = cfg.tracking
-    uri = tracking.resolve_uri(t.uri, str(plan.out.root.parent)) if t.enabled else None
+    # MLflow's default store sits beside a local output.dir; with an object-store output.dir, in the working directory
+    local_parent = str(plan.out.root.parent) if plan.out.local else "."
+    uri = tracking.resolve_uri(t.uri, local_parent) if t.enabled else None
     name = t.run_name or f"{STAGE}-{plan.config_hash}"  # a resumed build keeps its run
     with tracking.stage_run(uri, t.experiment, name, STAGE, parent_run_id, config=plan.resolved,
                             enabled=t.enabled) as run:

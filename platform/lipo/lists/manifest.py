@@ -1,15 +1,30 @@
-"""The build-lists output directory: part files, resume state and the manifest, all written atomically.
+"""The build-lists output directory: part files, resume state and the manifest, on any pyarrow filesystem.
 
-    OUT/part-00000.parquet ...   the lists (LIST_SCHEMA), one file per finished shard: what `lipo train` reads
-    OUT/_manifest.json           written last: schema version, config hash, counts, drops, statistics, models
-    OUT/_build/config.json       the resolved config and its identity hash, written when the build starts
-    OUT/_build/part-00000.json   one record per finished shard (prompts, lists, drops): the resume state
+    OUT/part-00000.parquet ...         the lists (LIST_SCHEMA), one file per finished shard: what `lipo train` reads
+    OUT/_manifest.json                 written last: schema version, config hash, counts, drops, statistics, models
+    OUT/_build/config.json             the resolved config and its identity hash, written when the build starts
+    OUT/_build/prompts/unit-00000.parquet  the validated prompts of input unit 0 (one row group per shard)
+    OUT/_build/part-00000.json         one record per finished shard (counts, drops, statistics): the resume state
 
-Names starting with `_` are skipped by `lipo.data.readers` (the Spark `_SUCCESS` convention), so `data.train:
-[OUT]` reads exactly the lists. Every file goes to a hidden temporary name first and is renamed into place, so a
-killed run leaves whole files or none. A shard counts as finished only once its record exists (written after its
-part file); on rerun, finished shards are skipped, unfinished ones are redone from scratch (their part file, if one
-was renamed into place before the kill, is simply replaced), which gives exactly one list per prompt.
+`output.dir` is a local path or a URI (`file:///abs/out`, `s3://bucket/lists`, `gs://...`; see
+`lipo.data.files.open_fs`). Names starting with `_` are skipped by `lipo.data.readers`, so `data.train: [OUT]` reads
+exactly the lists. On a local filesystem (a path or `file://`) every file goes to a hidden temporary name first and
+is renamed into place, so a killed run leaves whole files or none. Object stores have no rename, but a single put
+(or a multipart upload, which completes on close) is already atomic, so files are written to their names directly.
+
+A shard counts as finished only once its record exists; the pipeline's writer (`lipo.lists.shards`) writes its part
+file first, then its record, under fixed names: a retried or replayed task replaces the same two files, so a prompt
+is never two lists. On rerun, unfinished shards are redone from scratch (a part file renamed into place before a
+kill is simply replaced).
+
+`input_digest` (manifest and resume check): since schema 1 of the streaming build it is the hash of the shards'
+`ids_sha` values in shard order (each the hash of one shard's prompt ids in order), no longer the hash of the id list
+itself. It still changes exactly when the valid prompt ids, their order or their sharding change; a manifest
+written by the old definition therefore reads as "different input prompts" when rebuilt into the same directory.
+
+The manifest is computed from the shard records alone (`summarize`): counts and drops add up, statistics merge as
+`lipo.lists.stats` describes (quantiles from a bounded sample per shard, exact at small sizes). Completeness is
+checked against the Parquet footers of the part files (rows per file), never by reading the lists.
 
 `open_output` refuses an output directory that holds a build of a different config with at least one finished shard
 (naming the keys that changed), or a directory with other content. A build that failed before finishing any shard
@@ -18,166 +33,207 @@ was renamed into place before the kill, is simply replaced), which gives exactly
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lipo.config import flatten
-from lipo.data.records import LIST_SCHEMA, record_to_row, row_to_record
+from lipo.data.files import open_fs
 from lipo.errors import LipoError
-from lipo.lists.prompts import Shard
+from lipo.lists import stats
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "_manifest.json"
 STATE_DIR = "_build"
+STAT_KEYS = ("labels", "rewards", "ref_logps", "list_size")
 # Keys that may change between a run and its resume (see `lipo.lists.config.identity_hash`).
 _NEUTRAL_PREFIXES = ("resources.", "tracking.", "output.dir", "output.sample_rows")
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8"))
-
-
 def _changed_keys(old: dict, new: dict) -> list[str]:
     a, b = flatten(old), flatten(new)
-    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not k.startswith(_NEUTRAL_PREFIXES))
-    return keys
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and not k.startswith(_NEUTRAL_PREFIXES))
 
 
 class OutputDir:
-    def __init__(self, path: str | Path):
-        self.root = Path(path).expanduser().resolve()
-        self.state = self.root / STATE_DIR
-        self.manifest_path = self.root / MANIFEST_NAME
+    """One build's directory on its filesystem; pickles as its spec, so workers reopen it themselves."""
 
-    def part_path(self, shard: int) -> Path:
-        return self.root / f"part-{shard:05d}.parquet"
+    def __init__(self, spec: str | Path):
+        self.spec = str(spec)
+        self.fs, self.path = open_fs(self.spec)
+        self.path = self.path.rstrip("/")
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        # `root`: what users see and `lipo train` reads (a Path when local, so callers can glob it)
+        self.root: Path | str = Path(self.path) if self.local else self.spec.rstrip("/")
 
-    def record_path(self, shard: int) -> Path:
-        return self.state / f"part-{shard:05d}.json"
+    def __reduce__(self):
+        return OutputDir, (self.spec,)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def _full(self, rel: str) -> str:
+        return f"{self.path}/{rel}"
+
+    # -------------------------------------------------------------------------------------------- raw file access
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self._full(rel)).type == pafs.FileType.File
+
+    def read_json(self, rel: str) -> Any:
+        with self.fs.open_input_stream(self._full(rel)) as f:
+            return json.loads(f.read().decode("utf-8"))
+
+    def names(self, sub: str = "", prefix: str = "", suffix: str = "") -> list[str]:
+        """Sorted file names directly under `sub` that start with `prefix` and end with `suffix`."""
+        base = self._full(sub) if sub else self.path
+        infos = self.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        return sorted(n for i in infos if (n := i.base_name).startswith(prefix) and n.endswith(suffix)
+                      and i.type == pafs.FileType.File)
+
+    def children(self) -> list[str]:
+        return [i.base_name for i in self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))]
+
+    @contextlib.contextmanager
+    def open_write(self, rel: str) -> Iterator[pa.NativeFile]:
+        """A stream that becomes `rel` whole on success (rename on local filesystems, one put on object stores)."""
+        final = self._full(rel)
+        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+        if not self.local:
+            with self.fs.open_output_stream(final) as stream:
+                yield stream
+            return
+        head, name = final.rsplit("/", 1)
+        tmp = f"{head}/.{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            with self.fs.open_output_stream(tmp) as stream:
+                yield stream
+            self.fs.move(tmp, final)
+        finally:
+            if self.fs.get_file_info(tmp).type == pafs.FileType.File:
+                self.fs.delete_file(tmp)
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        with self.open_write(rel) as s:
+            s.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+    def delete(self, rel: str) -> None:
+        if self.exists(rel):
+            self.fs.delete_file(self._full(rel))
+
+    # -------------------------------------------------------------------------------------------- build layout
+
+    @staticmethod
+    def part_name(shard: int) -> str:
+        return f"part-{shard:05d}.parquet"
+
+    @staticmethod
+    def record_name(shard: int) -> str:
+        return f"{STATE_DIR}/part-{shard:05d}.json"
+
+    @staticmethod
+    def staged_name(unit: int) -> str:
+        return f"{STATE_DIR}/prompts/unit-{unit:05d}.parquet"
+
+    def staged_file(self, unit: int) -> pq.ParquetFile:
+        return pq.ParquetFile(self.fs.open_input_file(self._full(self.staged_name(unit))))
 
     def manifest(self) -> dict | None:
-        return json.loads(self.manifest_path.read_text(encoding="utf-8")) if self.manifest_path.is_file() else None
+        return self.read_json(MANIFEST_NAME) if self.exists(MANIFEST_NAME) else None
 
-    def finished(self) -> dict[int, dict]:
-        """Records of finished shards, by shard index."""
-        if not self.state.is_dir():
-            return {}
-        return {r["shard"]: r for r in (json.loads(p.read_text(encoding="utf-8"))
-                                        for p in sorted(self.state.glob("part-*.json")))}
+    def record_files(self) -> list[str]:
+        return self.names(STATE_DIR, "part-", ".json")
 
-    def write_shard(self, shard: Shard, rows: list[dict[str, Any]], record: dict[str, Any]) -> None:
-        """The shard's lists (validated against the list contract), then its record: the order resume relies on."""
-        part = self.part_path(shard.index)
-        if rows:
-            table = pa.Table.from_pylist([record_to_row(row_to_record(r)) for r in rows], schema=LIST_SCHEMA)
-            _atomic_write(part, lambda p: pq.write_table(table, p))
-        else:
-            part.unlink(missing_ok=True)  # every list of this shard was dropped: no file, the record says so
-        write_json(self.record_path(shard.index), record)
+    def records(self) -> Iterator[dict[str, Any]]:
+        """The finished shards' records, one at a time (the driver never holds them all)."""
+        for name in self.record_files():
+            yield self.read_json(f"{STATE_DIR}/{name}")
+
+    def finished(self) -> dict[int, str]:
+        """ids_sha of each finished shard, by shard index."""
+        return {r["shard"]: r["ids_sha"] for r in self.records()}
+
+    def part_rows(self) -> dict[str, int]:
+        """Rows of every part file, from its Parquet footer."""
+        return {n: pq.ParquetFile(self.fs.open_input_file(self._full(n))).metadata.num_rows
+                for n in self.names("", "part-", ".parquet")}
 
 
-def open_output(out: OutputDir, cfg_hash: str, resolved: dict, input_digest: str) -> str:
+def open_output(out: OutputDir, cfg_hash: str, resolved: dict) -> str:
     """'new', 'resume' or 'complete' for this config; raises LipoError if the directory holds something else."""
-    key = "output.dir"
+    key, started = "output.dir", f"{STATE_DIR}/config.json"
     manifest = out.manifest()
-    started = out.state / "config.json"
-    if manifest is not None or started.is_file():
-        previous = manifest if manifest is not None else json.loads(started.read_text(encoding="utf-8"))
-        if previous["config_hash"] != cfg_hash and manifest is None and not out.finished():
-            started.unlink()  # the other config never finished a shard: nothing to keep, start this one afresh
-            return open_output(out, cfg_hash, resolved, input_digest)
+    if manifest is not None or out.exists(started):
+        previous = manifest if manifest is not None else out.read_json(started)
+        if previous["config_hash"] != cfg_hash and manifest is None and not out.record_files():
+            out.delete(started)  # the other config never finished a shard: nothing to keep, start this one afresh
+            return open_output(out, cfg_hash, resolved)
         if previous["config_hash"] != cfg_hash:
             changed = ", ".join(_changed_keys(previous["config"], resolved)) or "model or library defaults"
-            raise LipoError(f"{key} {out.root} holds a build of a different config (changed: {changed}); "
+            raise LipoError(f"{key} {out} holds a build of a different config (changed: {changed}); "
                             f"use another {key}, or delete it to start over")
-        if manifest is not None:
-            if manifest.get("input_digest") != input_digest:
-                raise LipoError(f"{key} {out.root} holds a finished build of different input prompts; "
-                                f"use another {key}, or delete it to start over")
-            return "complete"
-        return "resume"
-    if out.root.exists() and any(p.name != STATE_DIR for p in out.root.iterdir()):
-        raise LipoError(f"{key} {out.root} is not empty and holds no build-lists state; choose an empty directory")
-    out.state.mkdir(parents=True, exist_ok=True)
-    write_json(started, {"config_hash": cfg_hash, "config": resolved})
+        return "complete" if manifest is not None else "resume"
+    if any(n != STATE_DIR for n in out.children()):
+        raise LipoError(f"{key} {out} is not empty and holds no build-lists state; choose an empty directory")
+    out.write_json(started, {"config_hash": cfg_hash, "config": resolved})
     return "new"
 
 
-def check_resumable(finished: dict[int, dict], shards: list[Shard], root: Path) -> None:
+def check_complete_input(out: OutputDir, input_digest: str) -> None:
+    """A finished build must have been built from the same prompts."""
+    if out.manifest().get("input_digest") != input_digest:
+        raise LipoError(f"output.dir {out} holds a finished build of different input prompts; "
+                        "use another output.dir, or delete it to start over")
+
+
+def check_resumable(finished: dict[int, str], ids_shas: dict[int, str], out: OutputDir | str) -> None:
     """A finished shard must still hold the same prompts: otherwise the input changed under a half-built output."""
-    by_index = {s.index: s for s in shards}
-    for i, record in finished.items():
-        if i not in by_index or by_index[i].ids_sha != record["ids_sha"]:
-            raise LipoError(f"output.dir {root}: the input prompts changed since shard {i} was built; "
+    for i, sha in finished.items():
+        if ids_shas.get(i) != sha:
+            raise LipoError(f"output.dir {out}: the input prompts changed since shard {i} was built; "
                             "use another output.dir, or delete it to start over")
 
 
-def describe(values: list[float]) -> dict[str, float]:
-    """Summary statistics for the manifest and MLflow (empty input gives count 0 only)."""
-    if not values:
-        return {"count": 0}
-    a = np.asarray(values, dtype=np.float64)
-    q = np.quantile(a, [0.05, 0.5, 0.95])
-    return {"count": int(a.size), "mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()),
-            "p05": float(q[0]), "p50": float(q[1]), "p95": float(q[2]), "max": float(a.max())}
-
-
-def shard_record(shard: Shard, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """What one shard's rows add to the manifest: counts, drops by reason, events (truncations, candidate drops)."""
-    kept = [r for r in rows if r["drop"] is None]
-    return {"shard": shard.index, "ids_sha": shard.ids_sha, "prompts": len(rows), "lists": len(kept),
-            "candidates": sum(len(r["responses"]) for r in kept),
-            "dropped_lists": dict(Counter(r["drop"] for r in rows if r["drop"] is not None)),
-            "events": dict(Counter(e for r in rows for e in r["events"]))}
-
-
-def summarize(out: OutputDir, shards: list[Shard], records: dict[int, dict]) -> dict[str, Any]:
-    """Counts and statistics of the finished dataset, checked: every prompt is one list or one counted drop."""
-    files = sorted(p.name for p in out.root.glob("part-*.parquet"))
-    paths = [str(out.root / f) for f in files]
-    table = pq.read_table(paths, schema=LIST_SCHEMA) if files else LIST_SCHEMA.empty_table()
-    ids = table.column("id").to_pylist()
-    n_lists = sum(r["lists"] for r in records.values())
-    n_prompts = sum(s.table.num_rows for s in shards)
-    if len(ids) != len(set(ids)) or len(ids) != n_lists or sum(r["prompts"] for r in records.values()) != n_prompts:
-        raise LipoError(f"output.dir {out.root}: the part files hold {len(ids)} lists ({len(set(ids))} distinct ids) "
-                        f"but the shard records say {n_lists}; delete the directory and rebuild")
-    labels = table.column("labels").to_pylist()
+def summarize(out: OutputDir, n_prompts: int, n_shards: int) -> dict[str, Any]:
+    """Counts and statistics of the finished dataset from the shard records, checked against the part files'
+    footers: every prompt is one list or one counted drop, every part file holds exactly its record's lists."""
+    totals: Counter = Counter()
     dropped: Counter = Counter()
     events: Counter = Counter()
-    for r in records.values():
+    merged = {k: stats.Merged() for k in STAT_KEYS}
+    expected: dict[str, int] = {}
+    for r in out.records():
+        totals.update({k: r[k] for k in ("prompts", "lists", "candidates", "lists_all_tied")})
+        totals["shards"] += 1
         dropped.update(r["dropped_lists"])
         events.update(r["events"])
-
-    def flat(column: str) -> list[float]:
-        return [x for v in table.column(column).to_pylist() if v is not None for x in v]
-
+        for k in STAT_KEYS:
+            merged[k].add(r["stats"][k])
+        if r["lists"]:
+            expected[out.part_name(r["shard"])] = r["lists"]
+    found = out.part_rows()
+    if found != expected or totals["prompts"] != n_prompts or totals["shards"] != n_shards:
+        raise LipoError(f"output.dir {out}: the part files hold {sum(found.values())} lists in {len(found)} files "
+                        f"but the shard records say {sum(expected.values())} in {len(expected)}; delete the "
+                        "directory and rebuild")
     return {
-        "counts": {"prompts": n_prompts, "lists": n_lists, "candidates": sum(r["candidates"] for r in records.values()),
-                   "shards": len(shards), "files": len(files),
-                   "lists_all_tied": sum(1 for v in labels if len(set(v)) == 1)},  # no preference signal
+        "counts": {"prompts": n_prompts, "lists": totals["lists"], "candidates": totals["candidates"],
+                   "shards": n_shards, "files": len(found),
+                   "lists_all_tied": totals["lists_all_tied"]},  # no preference signal
         "dropped_lists": dict(sorted(dropped.items())),
         "events": dict(sorted(events.items())),
         # statistics over all candidates (list_size: over lists)
-        "labels": describe(flat("labels")), "rewards": describe(flat("rewards")),
-        "ref_logps": describe(flat("ref_logps")), "list_size": describe([len(v) for v in labels]),
-        "files": files,
+        **{k: stats.describe(merged[k]) for k in STAT_KEYS},
+        "files": sorted(found),
     }
 
 
@@ -185,7 +241,7 @@ def sample_rows(out: OutputDir, files: list[str], n: int) -> list[dict[str, Any]
     """The first `n` lists, flattened to one row per candidate: a small table to eyeball in MLflow."""
     rows: list[dict[str, Any]] = []
     for f in files:
-        for lst in pq.read_table(out.root / f).to_pylist():
+        for lst in pq.read_table(out.fs.open_input_file(out._full(f))).to_pylist():
             if len({r["id"] for r in rows}) >= n:
                 return rows
             prompt = lst["prompt"] if lst["prompt"] is not None else json.dumps(lst["prompt_messages"])
@@ -194,3 +250,4 @@ def sample_rows(out: OutputDir, files: list[str], n: int) -> list[dict[str, Any]
                              "reward": (lst["rewards"] or [None] * (k + 1))[k],
                              "ref_logp": (lst["ref_logps"] or [None] * (k + 1))[k]})
     return rows
+

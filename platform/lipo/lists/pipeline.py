@@ -1,20 +1,24 @@
-"""The build-lists driver: prepare (before Ray), execute the Ray Data pipeline shard by shard, finalize the manifest.
+"""The build-lists driver: prepare, execute the Ray Data pipeline shard by shard, finalize the manifest.
 
-    plan = prepare(cfg)                 # every user mistake surfaces here: config, models, input rows, output dir
-    execute(plan, on_shard=...)         # generate -> reference -> score+label, one actor pool each
-    manifest = finalize(plan)           # checks completeness, writes _manifest.json
+    plan = prepare(cfg)                 # config and model errors before Ray; then the validation pass (Ray)
+    execute(plan, on_shard=...)         # load -> generate -> reference -> score+label -> write, one pool each
+    manifest = finalize(plan)           # checks completeness from records and footers, writes _manifest.json
 
 Run it with `lipo build-lists CONFIG.yaml`; `lipo.lists.build.build_lists` drives these steps with MLflow tracking.
 
-The pipeline is one Ray Data dataset over all pending shards, one block per shard, each stage a `map_batches` over
-its own actor pool (`concurrency`, `num_cpus`, `num_gpus` from `resources.<stage>`). Actors are restarted when they
-die and their tasks retried (`max_restarts=-1`, `max_task_retries=-1`). The driver streams the output blocks and
-gathers rows by shard, keyed by prompt id, so a retried task can never duplicate a list; a shard is written the
-moment all of its rows (kept or dropped) are back.
+Who holds what: the driver holds the config, the read units, one small descriptor per shard and the shards' records
+(counts, drops, statistics summaries). Ray Data does the rest, streamed: `lipo.lists.staging` validates the input
+units and stages the valid prompts under `OUT/_build/prompts/` (data errors surface there, before any model loads);
+the pipeline is then one dataset over the pending shards' descriptors, one block per shard: `LoadShard` reads the
+shard's staged row group, each model stage is a `map_batches` over its own actor pool (`concurrency`, `num_cpus`,
+`num_gpus` from `resources.<stage>`), and `WriteShard` writes the shard's part file and record itself
+(`lipo.lists.shards`), sending only the record back. Actors are restarted when they die and their tasks retried
+(`max_restarts=-1`, `max_task_retries=-1`); a retried write replaces the same files, so a list is never duplicated.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -26,17 +30,23 @@ from ray.data import ActorPoolStrategy
 from tqdm import tqdm
 
 from lipo import __version__
+from lipo.data.files import plan_units, resolve_paths
 from lipo.data.readers import ReadReport
 from lipo.errors import LipoError
-from lipo.lists.config import BuildListsConfig, identity_hash
+from lipo.lists.config import BuildListsConfig, StageResources, identity_hash
 from lipo.lists.manifest import (
-    SCHEMA_VERSION, OutputDir, check_resumable, open_output, shard_record, summarize, write_json)
-from lipo.lists.prompts import Shard, ids_digest, plan_shards, read_prompts
+    MANIFEST_NAME, SCHEMA_VERSION, STAT_KEYS, OutputDir, check_complete_input, check_resumable, open_output,
+    summarize)
+from lipo.lists.prompts import PromptValidator, Shard
 from lipo.lists.scorers import resolve_function
-from lipo.lists.stages import CANDIDATE_DROPS, GenerateStage, ReferenceStage, ScoreStage, work_table
+from lipo.lists.shards import LoadShard, WriteShard, descriptor
+from lipo.lists.stages import CANDIDATE_DROPS, GenerateStage, ReferenceStage, ScoreStage
+from lipo.lists.staging import prompt_tokenizer, stage_prompts
 from lipo.lists.vllm_engine import check_vllm, vllm_generate
-from lipo.models.loading import check_model_spec, load_tokenizer
+from lipo.models.loading import check_model_spec
 from lipo.models.reward_loading import check_reward_spec
+
+_IO_CPUS = 0.1  # LoadShard and WriteShard read and write one shard per call: I/O, not compute
 
 
 @dataclass
@@ -46,7 +56,7 @@ class Plan:
     config_hash: str
     out: OutputDir
     status: str  # new | resume | complete
-    shards: list[Shard]
+    shards: list[Shard]  # descriptors only
     pending: list[Shard]
     report: ReadReport
     input_digest: str
@@ -67,35 +77,45 @@ def check_environment(cfg: BuildListsConfig) -> None:
 
 
 def prepare(cfg: BuildListsConfig) -> Plan:
+    """Check everything a user can get wrong, in order of cost: config and models (no Ray), input files and the
+    output directory, then the distributed validation pass over the input rows (starts Ray, loads no model)."""
     check_environment(cfg)
     try:
-        tokenizer = load_tokenizer(cfg.tokenizer_model) if cfg.tokenizer_model else None
+        tokenizer = prompt_tokenizer(cfg)
     except OSError as exc:
         raise LipoError(f"cannot load the tokenizer of '{cfg.tokenizer_model}': {exc}".splitlines()[0]) from None
-    if tokenizer is None:  # generate and reference both off: prompts are measured with the builtin byte tokenizer
-        tokenizer = load_tokenizer("builtin:tiny-llama")
-    table, report = read_prompts(cfg, tokenizer)
-    shards = plan_shards(table, cfg.seed, cfg.output.shard_size)
-    digest = ids_digest(table.column("id").to_pylist())
+    units = plan_units(resolve_paths(cfg.input.prompts))  # missing files, unreadable Parquet footers: before Ray
     out, resolved, h = OutputDir(cfg.output.dir), cfg.model_dump(mode="json"), identity_hash(cfg)
-    status = open_output(out, h, resolved, digest)
+    status = open_output(out, h, resolved)
+    staged = stage_prompts(cfg, resolved, units, out, PromptValidator(cfg, tokenizer))
+    if status == "complete":
+        check_complete_input(out, staged.input_digest)
     finished = out.finished()
-    check_resumable(finished, shards, out.root)
-    pending = [] if status == "complete" else [s for s in shards if s.index not in finished]
-    return Plan(cfg, resolved, h, out, status, shards, pending, report, digest)
+    check_resumable(finished, {s.index: s.ids_sha for s in staged.shards}, out)
+    pending = [] if status == "complete" else [s for s in staged.shards if s.index not in finished]
+    return Plan(cfg, resolved, h, out, status, staged.shards, pending, staged.report, staged.input_digest)
+
+
+def _pool(res: StageResources) -> ActorPoolStrategy:
+    return (ActorPoolStrategy(size=res.concurrency) if isinstance(res.concurrency, int)
+            else ActorPoolStrategy(min_size=res.concurrency[0], max_size=res.concurrency[1]))
 
 
 def _map(ds, stage: type, plan: Plan, res):
-    pool = (ActorPoolStrategy(size=res.concurrency) if isinstance(res.concurrency, int)
-            else ActorPoolStrategy(min_size=res.concurrency[0], max_size=res.concurrency[1]))
     # Fault tolerance: Ray Data 2.60 creates pool actors with max_restarts=-1 and max_task_retries=-1 unless told
     # otherwise (ActorPoolMapOperator), so a dead actor is replaced and its block retried; passing them again is
     # deprecated (`ray_remote_args`). tests/workflows/test_build_lists_e2e.py kills a scorer actor to prove it.
     return ds.map_batches(
-        stage, fn_constructor_kwargs={"cfg": plan.resolved}, compute=pool,
+        stage, fn_constructor_kwargs={"cfg": plan.resolved}, compute=_pool(res),
         # One block = one shard = one call: the actor cuts it into micro-batches of res.batch_size itself, so the
         # grouping into model batches does not depend on how Ray Data bundles blocks (see lipo.lists.stages).
         batch_size=None, batch_format="pyarrow", num_cpus=res.num_cpus, num_gpus=res.num_gpus)
+
+
+def _io_map(ds, stage: type, kwargs: dict[str, Any], plan: Plan):
+    """LoadShard / WriteShard: as many actors as the scorer's pool, so the ends keep pace with the last stage."""
+    return ds.map_batches(stage, fn_constructor_kwargs=kwargs, compute=_pool(plan.cfg.resources.score),
+                          batch_size=None, batch_format="pyarrow", num_cpus=_IO_CPUS)
 
 
 def hf_generate(ds, plan: Plan):
@@ -113,16 +133,15 @@ GENERATE_ENGINES: dict[str, Callable[[Any, Plan], Any]] = {"hf": hf_generate, "v
 
 def build_dataset(plan: Plan):
     cfg = plan.cfg
-    ds = ray.data.from_arrow([work_table(s.index, s.table) for s in plan.pending])  # one block per shard
+    ds = ray.data.from_items([descriptor(s) for s in plan.pending], override_num_blocks=len(plan.pending))
+    ds = _io_map(ds, LoadShard, {"out": plan.out}, plan)  # one block per shard from here on
     if cfg.generate is not None:
         ds = GENERATE_ENGINES[cfg.generate.engine](ds, plan)
     if cfg.reference is not None:
         ds = _map(ds, ReferenceStage, plan, cfg.resources.reference)
-    return _map(ds, ScoreStage, plan, cfg.resources.score)
-
-
-def _list_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: row[k] for k in ("id", "prompt", "prompt_messages", "responses", "labels", "rewards", "ref_logps")}
+    ds = _map(ds, ScoreStage, plan, cfg.resources.score)
+    expected = {s.index: (s.rows, s.ids_sha) for s in plan.pending}
+    return _io_map(ds, WriteShard, {"out": plan.out, "expected": expected}, plan)
 
 
 # How a LipoError raised inside an actor shows in the remote traceback text that Ray Data passes back (the exception
@@ -148,29 +167,21 @@ def _user_message(exc: BaseException) -> str | None:
 
 
 def execute(plan: Plan, on_shard: Callable[[int, dict], None] | None = None) -> None:
-    """Run the pipeline over the pending shards, writing each shard as soon as all its rows are back.
+    """Run the pipeline over the pending shards; the workers write them, the driver counts their records.
 
     A LipoError raised inside an actor (a user's mistake, e.g. the scoring function's) comes back as a LipoError with
     its one-line message; any other exception (a bug) propagates as it is, traceback and all.
     """
-    expected = {s.index: s for s in plan.pending}
-    buffers: dict[int, dict[str, dict]] = {i: {} for i in expected}
+    waiting = {s.index for s in plan.pending}
     done = len(plan.shards) - len(plan.pending)
     bar = tqdm(total=len(plan.shards), initial=done, desc="build-lists: shards written", unit="shard")
     try:
         for batch in build_dataset(plan).iter_batches(batch_size=None, batch_format="pyarrow"):
-            for row in batch.to_pylist():
-                got = buffers.get(row["shard"])
-                if got is None:  # a late copy from a retried task, of a shard already written
+            for text in batch.column("record").to_pylist():
+                record = json.loads(text)
+                if record["shard"] not in waiting:  # a late copy from a retried task: same files, same record
                     continue
-                got[row["id"]] = row  # keyed by id: a retried task cannot duplicate a list
-                shard = expected[row["shard"]]
-                if len(got) < shard.table.num_rows:
-                    continue
-                del buffers[shard.index]
-                rows = [got[i] for i in shard.table.column("id").to_pylist()]
-                record = shard_record(shard, rows)
-                plan.out.write_shard(shard, [_list_row(r) for r in rows if r["drop"] is None], record)
+                waiting.discard(record["shard"])
                 done += 1
                 bar.update(1)
                 if on_shard is not None:
@@ -184,9 +195,8 @@ def execute(plan: Plan, on_shard: Callable[[int, dict], None] | None = None) -> 
         raise LipoError(message) from exc
     finally:
         bar.close()
-    if buffers or done != len(plan.shards):
-        raise LipoError(f"build-lists pipeline ended with {len(plan.shards) - done} shard(s) incomplete; rerun to "
-                        "resume")
+    if waiting:
+        raise LipoError(f"build-lists pipeline ended with {len(waiting)} shard(s) incomplete; rerun to resume")
 
 
 def _models(cfg: BuildListsConfig) -> dict[str, Any]:
@@ -199,8 +209,8 @@ def _models(cfg: BuildListsConfig) -> dict[str, Any]:
 
 def finalize(plan: Plan) -> dict[str, Any]:
     """Check the finished output and write `_manifest.json` (last, atomically); returns the manifest."""
-    cfg, records = plan.cfg, plan.out.finished()
-    summary = summarize(plan.out, plan.shards, records)
+    cfg = plan.cfg
+    summary = summarize(plan.out, sum(s.rows for s in plan.shards), len(plan.shards))
     events = summary.pop("events")
     manifest = {
         "schema_version": SCHEMA_VERSION, "lipo_version": __version__, "config_hash": plan.config_hash,
@@ -216,11 +226,8 @@ def finalize(plan: Plan) -> dict[str, Any]:
         "truncated": {"prompts": events.get("prompt_truncated", 0),
                       "responses": events.get("response_truncated", 0)},
     }
-    write_json(plan.out.manifest_path, manifest)
+    plan.out.write_json(MANIFEST_NAME, manifest)
     return manifest
-
-
-STAT_KEYS = ("labels", "rewards", "ref_logps", "list_size")
 
 
 def manifest_metrics(manifest: dict[str, Any]) -> dict[str, float]:

@@ -1,7 +1,11 @@
-"""The prompts build-lists reads: validated on the driver, before Ray starts, then cut into shards.
+"""The prompts build-lists reads: the validator, the per-prompt seeds and the shard descriptor.
 
-    table, report = read_prompts(cfg, tokenizer)      # PROMPT columns, one row per valid prompt, input order
-    shards = plan_shards(table, cfg.seed, cfg.output.shard_size)
+    validator = PromptValidator(cfg, tokenizer)      # `to_row` for lipo.data.readers (read_unit / read_records)
+    table, report = read_prompts(cfg, tokenizer)     # in-process reading, for tests and benchmarks
+    shards = plan_shards(table, cfg.seed, cfg.output.shard_size)   # in-memory shards, likewise
+
+A build validates its prompts in a distributed pass instead (`lipo.lists.staging`), which writes them, with their
+seeds, to staged Parquet files whose row groups are the shards.
 
 Input rows (JSONL or Parquet, see `lipo.data.readers` for files, directories and globs):
 - `prompt`: text, or chat messages `[{role, content}]` (also accepted as a `prompt_messages` column); required, and
@@ -17,7 +21,8 @@ than `input.max_prompt_tokens` (measured with the reference tokenizer, through i
 flagged `prompt_truncated` (generation and training both keep its last tokens), or with `input.long_prompts:
 invalid` is a bad row.
 
-Shards are fixed-size chunks of the valid prompts in input order: shard i holds prompts [i*S, (i+1)*S). Each
+Shards are chunks of up to S = `output.shard_size` consecutive valid prompts of one input unit (a JSONL file, or
+Parquet row groups), numbered in input order; with one input unit this is shard i = prompts [i*S, (i+1)*S). Each
 prompt's sampling seed is a hash of (config seed, prompt id), never of its row position, so a prompt gets the same
 candidates whichever shard, batch or rerun it lands in.
 """
@@ -112,15 +117,19 @@ class PromptValidator:
         return [float(v) for v in values]
 
 
+def given_column(table: pa.Table, field: str) -> pa.Table:
+    """The scorer's input column renamed `given`, the name the pipeline's rows use."""
+    return table.rename_columns(["given" if n == field else n for n in table.column_names])
+
+
 def read_prompts(cfg: BuildListsConfig, tokenizer) -> tuple[pa.Table, ReadReport]:
-    """Validated prompts (`prompt_schema` columns, the scorer column renamed `given`) and what was skipped."""
-    field = cfg.score.field
-    table, report = read_records(cfg.input.prompts, PromptValidator(cfg, tokenizer), prompt_schema(field),
+    """Validated prompts (`prompt_schema` columns, the scorer column renamed `given`) and what was skipped, read in
+    this process: for tests and benchmarks. A build reads them distributed (`lipo.lists.staging`)."""
+    table, report = read_records(cfg.input.prompts, PromptValidator(cfg, tokenizer), prompt_schema(cfg.score.field),
                                  cfg.on_invalid)
     if cfg.input.limit is not None:
         table = table.slice(0, cfg.input.limit)
-    names = ["given" if n == field else n for n in table.column_names]
-    return table.rename_columns(names), report
+    return given_column(table, cfg.score.field), report
 
 
 def prompt_seed(seed: int, prompt_id: str) -> int:
@@ -130,9 +139,20 @@ def prompt_seed(seed: int, prompt_id: str) -> int:
 
 @dataclass(frozen=True)
 class Shard:
+    """One shard: up to `output.shard_size` consecutive valid prompts of one input unit, numbered globally.
+
+    In a build it is a small descriptor: the prompts sit in row group `row_group` of the staged file of unit `unit`
+    (`lipo.lists.staging`), less the rows at `skip` (later copies of duplicate ids under `on_invalid: skip`) and
+    cut to `rows` (`input.limit`). `table` holds the rows themselves only for in-memory shards (`plan_shards`:
+    tests and benchmarks)."""
+
     index: int
-    table: pa.Table  # the shard's prompt rows, with a `seed` column
     ids_sha: str  # hash of the shard's prompt ids, in order: detects input that changed between a run and its resume
+    rows: int
+    unit: int = -1
+    row_group: int = -1
+    skip: tuple[int, ...] = ()
+    table: pa.Table | None = None
 
     @property
     def name(self) -> str:
@@ -143,8 +163,14 @@ def ids_digest(ids: list[str]) -> str:
     return hashlib.sha1("\n".join(ids).encode("utf-8")).hexdigest()[:16]
 
 
+def with_seeds(table: pa.Table, seed: int) -> pa.Table:
+    """`table` with its `seed` column: each prompt's sampling seed, from its id (`prompt_seed`)."""
+    seeds = [prompt_seed(seed, i) for i in table.column("id").to_pylist()]
+    return table.append_column("seed", pa.array(seeds, pa.int64()))
+
+
 def plan_shards(table: pa.Table, seed: int, shard_size: int) -> list[Shard]:
-    ids = table.column("id").to_pylist()
-    table = table.append_column("seed", pa.array([prompt_seed(seed, i) for i in ids], pa.int64()))
-    return [Shard(s, table.slice(start, shard_size), ids_digest(ids[start:start + shard_size]))
-            for s, start in enumerate(range(0, table.num_rows, shard_size))]
+    """In-memory shards of an already-read prompt table (`read_prompts`), for tests and benchmarks."""
+    table = with_seeds(table, seed)
+    slices = [table.slice(start, shard_size) for start in range(0, table.num_rows, shard_size)]
+    return [Shard(i, ids_digest(t.column("id").to_pylist()), t.num_rows, table=t) for i, t in enumerate(slices)]

@@ -2,8 +2,8 @@
 
 Every stage is a callable class: `__init__` loads its model once per actor, `__call__` takes one block (one shard of
 prompts, as a `WORK_SCHEMA` Arrow table) and returns it with its columns filled. Rows are never removed: a list that
-must go is marked with a `drop` reason and passes through untouched, so the driver can tell when a shard is complete
-and count every drop. Inside an actor, the rows are cut into micro-batches of `resources.<stage>.batch_size`
+must go is marked with a `drop` reason and passes through untouched, so the writer (`lipo.lists.shards`) can check
+that its block is one whole shard and count every drop. Inside an actor, the rows are cut into micro-batches of `resources.<stage>.batch_size`
 prompts per model call; because a block is always one whole shard, which prompts share a model batch (and hence
 the floating-point padding pattern) is fixed by the config, so reruns and resumes reproduce the same numbers.
 

@@ -7,6 +7,11 @@ the same K candidates per prompt with per-sample seeds `prompt_seed * 1000 + j`,
 chat template (vLLM's chat-template stage), and keeps the last `input.max_prompt_tokens` prompt tokens.
 
     ds = vllm_generate(ds, cfg)   # WORK_SCHEMA rows in, WORK_SCHEMA rows with responses out
+
+The K samples of each prompt are put back together by `regroup`, block by block, with no all-to-all shuffle. This
+assumes `ray.data.llm`'s processor keeps a shard's rows in one block (its stages are `map_batches` calls, which keep
+row order but may cut a block into `batch_size` batches); `regroup` and the shard writer both refuse a block that
+breaks it, so a violation fails loudly instead of writing split lists. Untested on GPUs here (no vLLM in CI).
 """
 
 from __future__ import annotations
@@ -50,10 +55,27 @@ def vllm_generate(ds, cfg: BuildListsConfig):
                                  "text": row.get("generated_text")},
     )
 
-    def collect(group: pa.Table) -> pa.Table:
-        rows = sorted(group.to_pylist(), key=lambda r: r["sample"])  # [K] samples of one prompt, in seed order
-        row = {c: rows[0][c] for c in WORK_SCHEMA.names}
-        add_candidates(row, [r["text"] or "" for r in rows], g.include_reference, g.dedup)
-        return pa.Table.from_pylist([row], schema=WORK_SCHEMA)
+    # No groupby("id") (an all-to-all barrier over the whole data set): the K samples of a prompt are regrouped
+    # inside the shard's block, which the writer then checks is exactly one complete shard.
+    return processor(ds.flat_map(expand)).map_batches(
+        regroup, fn_kwargs={"k": k, "include_reference": g.include_reference, "dedup": g.dedup},
+        batch_size=None, batch_format="pyarrow")
 
-    return processor(ds.flat_map(expand)).groupby("id").map_groups(collect, batch_format="pyarrow")
+
+def regroup(block: pa.Table, k: int, include_reference: bool, dedup: bool) -> pa.Table:
+    """One block of vLLM output rows (one per prompt and sample) -> one WORK_SCHEMA row per prompt, in the order
+    the prompts first appear, with its K texts in sample (seed) order. A prompt with samples missing from the block
+    is a bug (RuntimeError): a block must carry whole shards."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in block.to_pylist():
+        groups.setdefault(r["id"], []).append(r)
+    rows = []
+    for rid, samples in groups.items():
+        if sorted(r["sample"] for r in samples) != list(range(k)):
+            raise RuntimeError(f"vLLM block holds samples {sorted(r['sample'] for r in samples)} of prompt {rid!r}; "
+                               f"expected all {k}")
+        samples.sort(key=lambda r: r["sample"])
+        row = {c: samples[0][c] for c in WORK_SCHEMA.names}
+        add_candidates(row, [r["text"] or "" for r in samples], include_reference, dedup)
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=WORK_SCHEMA)

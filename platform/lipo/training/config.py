@@ -18,8 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from lipo import storage
 from lipo.config import Strict
 from lipo.models.templates import DEFAULT_PAIR_TEMPLATE
 
@@ -49,6 +50,15 @@ class DataConfig(Strict):
     max_response_tokens: int = Field(256, ge=1)
     # Shared-prefix packing of each list (prompt once, K responses), where the model family supports it.
     packing: bool = True
+    # The distributed tokenisation (lipo.training.token_cache): actors (null: one per CPU of the cluster, at most one
+    # per read unit) and where the tokenised rows are cached (null: <output_dir>/.cache; a path every node sees).
+    tokenize_workers: int | None = Field(None, ge=1)
+    cache_dir: str | None = None
+
+    @field_validator("cache_dir")
+    @classmethod
+    def _local_cache_dir(cls, v: str | None) -> str | None:
+        return storage.normalize(v) if v is not None else None
 
 
 class ObjectiveConfig(Strict):
@@ -69,7 +79,14 @@ class OptimConfig(Strict):
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float = Field(1.0, ge=0)
-    micro_batch_size: int = Field(1, ge=1)  # lists per worker per forward pass
+    micro_batch_size: int = Field(1, ge=1)  # lists per worker per forward pass (unless the token budget below is set)
+    # Token budget of one micro-batch per worker (tokens as `lipo.training.plan.row_tokens` counts them). When set,
+    # lists are grouped greedily up to this many tokens and `micro_batch_size` no longer decides the grouping
+    # (DeepSpeed still gets it as its nominal micro-batch size). A micro-batch's loss stays the mean over its lists,
+    # as without a budget, and DeepSpeed averages the micro-batches: so a list in a micro-batch of few long lists
+    # weighs more than one among many short lists (weighting every list equally would need each step's list count
+    # across ranks before the backward passes).
+    max_tokens_per_micro_batch: int | None = Field(None, ge=1)
     grad_accum: int = Field(1, ge=1)
     epochs: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)  # optimizer steps; caps `epochs`
@@ -104,6 +121,8 @@ class StageConfig(Strict):
     """Sections every Ray Train stage has; a stage config adds its own on top (schema reuse only)."""
 
     run_name: str | None = None  # same name resumes; default: a fresh timestamped name
+    # A local path, file://..., or object storage (s3://, gs://, ...; see lipo.storage): checkpoints, the exported
+    # model and, unless data.cache_dir says otherwise, the token cache go here.
     output_dir: str = "runs"
     seed: int = 0
     model: ModelConfig = ModelConfig()
@@ -120,9 +139,13 @@ class StageConfig(Strict):
             raise ValueError("run_name may hold only letters, digits, '-' and '_'")
         return self
 
-    def model_dir(self, run_name: str | None = None) -> Path:
-        """Where the run's exported Hugging Face model goes: `<output_dir>/<run_name>/model` (the one definition)."""
-        return Path(self.output_dir).expanduser().resolve() / (run_name or self.run_name) / "model"
+    _local_output_dir = field_validator("output_dir")(storage.normalize)  # file:///x is the local path /x
+
+    def model_dir(self, run_name: str | None = None) -> Path | str:
+        """Where the run's exported Hugging Face model goes: `<output_dir>/<run_name>/model` (the one definition);
+        a Path when `output_dir` is local, its URI when it is object storage."""
+        spec = storage.join(self.output_dir, run_name or self.run_name, "model")
+        return storage.local(spec) or spec
 
 
 class TrainConfig(StageConfig):

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import torch
 
+from lipo import storage
 from lipo.training.config import TrainConfig
 
 # _deepspeed_note: DeepSpeed is imported inside the functions that use it. The Ray Train controller unpickles
@@ -102,8 +104,9 @@ def load_checkpoint(engine, directory: Path, rank: int) -> int:
     return int(client_state["step"])
 
 
-def export_model(engine, tokenizer, out_dir: Path, stage: int, rank: int) -> None:
-    """Write a consolidated safetensors HF model + tokenizer; ZeRO-3 shards are gathered first."""
+def export_model(engine, tokenizer, out: str, stage: int, rank: int) -> None:
+    """Write a consolidated safetensors HF model + tokenizer to `out` (a path, or an object-store URI: written
+    locally, then uploaded); ZeRO-3 shards are gathered first."""
     import deepspeed  # see _deepspeed_note
 
     model = engine.module
@@ -115,9 +118,13 @@ def export_model(engine, tokenizer, out_dir: Path, stage: int, rank: int) -> Non
         if hasattr(model, "merge_and_unload"):  # peft: fold the adapter into the base weights
             model = model.merge_and_unload()
             state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(out_dir), state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(str(out_dir))
+        with tempfile.TemporaryDirectory() as tmp:
+            out_dir = storage.local(out) or Path(tmp)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(str(out_dir), state_dict=state, safe_serialization=True)
+            tokenizer.save_pretrained(str(out_dir))
+            if storage.local(out) is None:
+                storage.upload_dir(out_dir, out)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
 

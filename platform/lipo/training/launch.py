@@ -34,7 +34,7 @@ class TrainResult:
     run_name: str
     run_id: str
     tracking_uri: str
-    model_dir: Path
+    model_dir: Path | str  # a URI when output_dir is object storage
     metrics: dict
 
 
@@ -66,7 +66,8 @@ def launch(task: Task, parent_run_id: str | None = None, fault: dict | None = No
             raise failure from exc
         evaluated = task.evaluate(prep.model_dir)
         run.log_metrics(evaluated, 0)
-        run.log_artifacts(prep.model_dir, "model")
+        if isinstance(prep.model_dir, Path):  # on object storage the model stays where it is, named in the log
+            run.log_artifacts(prep.model_dir, "model")
     print(f"[lipo] model: {prep.model_dir}\n[lipo] mlflow: run '{prep.run_name}' in {uri}", flush=True)
     return TrainResult(prep.run_name, run.run_id, uri, prep.model_dir, {**last, **evaluated})
 

@@ -1,7 +1,8 @@
 """The per-worker training loop shared by `lipo train`, `lipo sft` and `lipo train-rm` (Ray Train, DeepSpeed).
 
 Reads top to bottom: setup -> (step -> log -> checkpoint)* -> export. One optimizer step is `grad_accum`
-micro-batches of `micro_batch_size` rows per worker; what a micro-batch computes is the task's `loss` (the task
+micro-batches per worker, each of `micro_batch_size` rows, or of as many rows as fit `max_tokens_per_micro_batch`
+tokens when that budget is set (`lipo.training.plan`); what a micro-batch computes is the task's `loss` (the task
 object, `lipo.training.tasks`, arrives in `config["task"]`), e.g. for LiPO `beta * (log pi - log pi_ref)` scored by
 an objective from `lipo.losses`. Launched by `lipo.training.launch.launch` (`lipo train CONFIG.yaml`).
 """
@@ -19,7 +20,7 @@ import torch.distributed as dist
 from lipo.models.loading import load_tokenizer
 from lipo.models.packed_logps import batch_token_count
 from lipo.training import engine as eng
-from lipo.training.plan import BatchPlan
+from lipo.training.plan import BatchPlan, TokenBudgetPlan
 from lipo.training.tasks import Task
 from lipo.training.token_cache import TokenRows
 
@@ -33,8 +34,12 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(cfg.seed + rank)
     device = torch.device("cuda" if cfg.scaling.use_gpu else "cpu")
     rows = TokenRows(config["rows"])  # memory-mapped; each micro-batch takes only its own lists
-    plan = BatchPlan(len(rows), cfg.optim.micro_batch_size, world, cfg.optim.grad_accum, cfg.optim.epochs,
-                     cfg.optim.max_steps, cfg.seed)
+    if cfg.optim.max_tokens_per_micro_batch is None:
+        plan = BatchPlan(len(rows), cfg.optim.micro_batch_size, world, cfg.optim.grad_accum, cfg.optim.epochs,
+                         cfg.optim.max_steps, cfg.seed)
+    else:
+        plan = TokenBudgetPlan(rows.tokens(), cfg.optim.max_tokens_per_micro_batch, world,
+                               cfg.optim.grad_accum, cfg.optim.epochs, cfg.optim.max_steps, cfg.seed)
     tokenizer = load_tokenizer(cfg.model.path)
     has_ref = config["has_ref"]  # every list carries ref_logps: no reference model is needed
     engine = eng.build_engine(task.build_model(), cfg, world, plan.total_steps)
@@ -77,4 +82,4 @@ def train_loop(config: dict) -> None:
         eng.fault_hook(config.get("fault"), done, rank)
 
     # ---- export
-    eng.export_model(engine, tokenizer, Path(config["model_dir"]), cfg.deepspeed.stage, rank)
+    eng.export_model(engine, tokenizer, config["model_dir"], cfg.deepspeed.stage, rank)

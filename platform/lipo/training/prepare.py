@@ -8,12 +8,14 @@ It checks the model specs and environment, then finds or builds the task's token
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lipo import storage
 from lipo.errors import LipoError
 from lipo.models.loading import check_model_spec, load_tokenizer
 from lipo.training.tasks import Task
@@ -23,8 +25,8 @@ from lipo.training.token_cache import TokenCache, token_cache
 @dataclass
 class Prepared:
     run_name: str
-    output_dir: Path
-    model_dir: Path
+    output_dir: str  # a local path or an object-store URI (`lipo.storage`)
+    model_dir: Path | str
     rows: TokenCache  # the tokenised rows on disk, in dataset order, with their drop counts (`rows.metrics`)
     summary: str
 
@@ -49,7 +51,10 @@ def prepare(task: Task) -> Prepared:
     cfg = task.cfg
     check_environment(cfg)
     run_name = cfg.run_name or time.strftime(f"{task.stage}-%Y%m%d-%H%M%S")
-    output_dir = Path(cfg.output_dir).expanduser().resolve()
+    output_dir = storage.join(cfg.output_dir)
+    if storage.is_remote_uri(output_dir) and not (cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        raise LipoError(f"output_dir {output_dir} is object storage, where MLflow's default sqlite store cannot "
+                        "live: set tracking.uri (or MLFLOW_TRACKING_URI)")
     try:
         tokenizer = load_tokenizer(cfg.model.path)
     except OSError as exc:

@@ -15,6 +15,9 @@ held out by id (`reward.eval_fraction`) through the same inference functions bui
 from __future__ import annotations
 
 import hashlib
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol
@@ -22,13 +25,17 @@ from typing import Any, Callable, ClassVar, Protocol
 import torch
 import torch.nn.functional as F
 
-from lipo.data.readers import read_lists
+from lipo import storage
+from lipo.data.files import plan_units, resolve_paths
+from lipo.data.readers import ReadReport, list_row, read_unit
+from lipo.data.records import LIST_SCHEMA
 from lipo.data.records import prompt_of
 from lipo.losses import pair_logistic
 from lipo.metrics import pairwise_accuracy
 from lipo.models.loading import load_sequence_classifier, load_tokenizer
 from lipo.models.reward import pair_text, pairwise_matrix, pointwise_rewards, pointwise_text
 from lipo.training.config import RewardTrainConfig
+from lipo.training.rows import LISTS
 
 Batch = dict[str, torch.Tensor]
 
@@ -51,13 +58,11 @@ def held_out(list_id: str, fraction: float) -> bool:
     return int(hashlib.sha1(list_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < fraction
 
 
-def split_lists(cfg: RewardTrainConfig) -> tuple[list[dict], list[dict], Any]:
-    """(train rows, held-out rows, read report) of the configured lists."""
-    table, report = read_lists(cfg.data.train, on_invalid=cfg.data.on_invalid)
-    rows = table.to_pylist()
-    test = [r for r in rows if held_out(r["id"], cfg.reward.eval_fraction)]
-    train = [r for r in rows if not held_out(r["id"], cfg.reward.eval_fraction)]
-    return train, test, report
+def held_out_lists(cfg: RewardTrainConfig) -> Iterator[dict]:
+    """The held-out lists, read in one streaming pass (only they are kept: about `eval_fraction` of the data)."""
+    for unit in plan_units(resolve_paths(cfg.data.train)):
+        for table in read_unit(unit, list_row, LIST_SCHEMA, "skip", ReadReport()):
+            yield from (r for r in table.to_pylist() if held_out(r["id"], cfg.reward.eval_fraction))
 
 
 def pad_texts(items: list[dict], key: str, pad_id: int) -> Batch:
@@ -137,27 +142,30 @@ class RewardTask:
         self.form = PointwiseForm(r.max_tokens) if r.kind == "pointwise" else PairwiseForm(r.pair_template,
                                                                                             r.max_tokens)
 
-    def rows(self, tokenizer):
+    source = LISTS
+
+    def tokenize(self, rows: list[dict], tokenizer) -> tuple[list[dict], Counter]:
         """One row per training list with at least two distinct labels; the held-out lists are counted."""
-        train, test, report = split_lists(self.cfg)
+        train = [r for r in rows if not held_out(r["id"], self.cfg.reward.eval_fraction)]
         limit = self.cfg.reward.max_tokens
 
         def enc(text: str) -> list[int]:  # the input keeps its END when longer
             return tokenizer(text, add_special_tokens=False)["input_ids"][-limit:]
 
-        rows, no_pairs = [], 0
+        out, no_pairs = [], 0
         for r in train:
             if len(set(r["labels"])) < 2:
                 no_pairs += 1  # all labels tied: nothing to learn from this list
                 continue
-            rows.append(self.form.encode(prompt_of(r), r["responses"], r["labels"], enc, tokenizer))
-        metrics = {**report.as_metrics(), "data/heldout_lists": float(len(test)),
-                   "data/dropped_lists_without_pairs": float(no_pairs)}
-        return rows, metrics, f"{report.summary()}; {len(test)} held out; {no_pairs} lists without pairs dropped"
+            out.append({"id": r["id"], **self.form.encode(prompt_of(r), r["responses"], r["labels"], enc, tokenizer)})
+        return out, Counter({"data/heldout_lists": float(len(rows) - len(train)),
+                             "data/dropped_lists_without_pairs": float(no_pairs)})
 
-    def evaluate(self, model_dir: Path) -> dict[str, float]:
+    def evaluate(self, model_dir: Path | str) -> dict[str, float]:
         """Pairwise accuracy of the exported model on the held-out lists; tied verdicts count half."""
-        _, test, _ = split_lists(self.cfg)
+        test = list(held_out_lists(self.cfg))
+        if not isinstance(model_dir, Path):  # on object storage: read a local copy
+            model_dir = storage.download_dir(model_dir, Path(tempfile.mkdtemp(prefix="lipo-rm-")) / "model")
         model, tok = load_sequence_classifier(str(model_dir)), load_tokenizer(str(model_dir))
         hits, pairs = 0.0, 0
         for row in test:

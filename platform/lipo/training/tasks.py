@@ -2,8 +2,10 @@
 (`loop.py`) are shared and take the task object itself.
 
 A task holds its validated stage config (`task.cfg`) and answers everything the driver and the workers ask:
-- on the driver: `stage` (the MLflow stage tag and default run-name prefix), `rows(tokenizer)` (read, validate and
-  tokenise the data, counting every drop), `evaluate(model_dir)` (metrics of the exported model; most tasks: none);
+- on the driver: `stage` (the MLflow stage tag and default run-name prefix), `source` (the validator and Arrow schema
+  of one input row), `evaluate(model_dir)` (metrics of the exported model; most tasks: none);
+- in the distributed tokenisation (`lipo.training.token_cache`): `tokenize(rows, tokenizer) -> (rows, counts)` on
+  one chunk of validated rows, counting every drop under its metric name;
 - on every worker: `build_model()`, `build_reference(world, has_ref)`, `collate(items, pad_id)` and
   `loss(engine, ref, batch) -> (loss, metrics)`.
 
@@ -20,10 +22,13 @@ Tasks:
 from __future__ import annotations
 
 import functools
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
+import pyarrow as pa
 import torch
 
 from lipo.data.collate import collate_lists
@@ -44,7 +49,9 @@ class Task(Protocol):
     stage: ClassVar[str]
     cfg: StageConfig
 
-    def rows(self, tokenizer) -> tuple[list[dict], dict[str, float], str]: ...
+    source: tuple[Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]], pa.Schema]
+
+    def tokenize(self, rows: list[dict], tokenizer) -> tuple[list[dict], Counter]: ...
 
     def evaluate(self, model_dir: Path) -> dict[str, float]: ...
 
@@ -85,8 +92,10 @@ class ListwiseTask:
         if o.name == "lambda":
             self.objective = functools.partial(self.objective, weight=o.lambda_weight, normalize=o.normalize)
 
-    def rows(self, tokenizer):
-        return R.listwise_rows(self.cfg, tokenizer)
+    source = R.LISTS
+
+    def tokenize(self, rows, tokenizer):
+        return R.listwise_tokens(self.cfg, rows, tokenizer)
 
     def evaluate(self, model_dir):
         return {}
@@ -154,8 +163,10 @@ class SFTTask:
     cfg: SFTConfig
     stage: ClassVar[str] = "sft"
 
-    def rows(self, tokenizer):
-        return R.sft_rows(self.cfg, tokenizer)
+    source = R.DEMONSTRATIONS
+
+    def tokenize(self, rows, tokenizer):
+        return R.sft_tokens(self.cfg, rows, tokenizer)
 
     def evaluate(self, model_dir):
         return {}

@@ -31,3 +31,26 @@ def test_rows_without_labels_still_tokenise_and_short_lists_are_dropped():
     kept, total = tokenize_lists([{"prompt": "q", "responses": ["ab", "ab"], "labels": [1.0, 0.0]},
                                   {"prompt": "q", "responses": ["a", "b"], "labels": [1.0, 0.0]}], tok, spec)
     assert [k["keep"] for k in kept] == [[0, 1]] and total.counts["lists_in"] == 2
+
+
+def test_batched_tokenize_lists_equals_row_by_row_with_and_without_a_chat_template():
+    """`tokenize_lists` encodes a chunk in one tokenizer call per kind; it must give `tokenize_list`'s ids exactly."""
+    import random
+
+    rng = random.Random(0)
+    words = ["the", "a", "cat", "sat", "", "on", "mat", "é", "東京"]
+    rows = [{"id": f"r{i}", "prompt": " ".join(rng.choices(words, k=rng.randint(1, 12))),
+             "responses": [" ".join(rng.choices(words, k=rng.randint(0, 6))) for _ in range(rng.randint(2, 5))],
+             "labels": [rng.random() for _ in range(5)]} for i in range(60)]
+    rows.append({"id": "chat", "prompt_messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                 "prompt": None, "responses": ["x", "y"], "labels": [1.0, 0.0]})
+    for r in rows:
+        r["labels"] = r["labels"][: len(r["responses"])]
+    chat = byte_tokenizer()
+    chat.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}>"
+    for tok in (byte_tokenizer(), chat):
+        spec = TokenizeSpec(max_prompt_tokens=20, max_response_tokens=8)
+        batched, stats = tokenize_lists(rows, tok, spec)
+        one_by_one = [tokenize_list(r, tok, spec) for r in rows]
+        assert batched == [tl for tl, _ in one_by_one if tl is not None]
+        assert sum((s.counts for _, s in one_by_one), start=type(stats.counts)()) == stats.counts

@@ -14,7 +14,8 @@ from lists_helpers import build_config, write_prompts
 from lipo.config import load_config
 from lipo.errors import ConfigError, DataError, LipoError
 from lipo.lists.config import BuildListsConfig, identity_hash
-from lipo.lists.pipeline import check_environment, prepare
+from lipo.lists.manifest import OutputDir, open_output
+from lipo.lists.pipeline import check_environment
 from lipo.lists.prompts import plan_shards, prompt_seed, read_prompts
 from lipo.lists.stages import work_table
 from lipo.models.tiny import byte_tokenizer
@@ -135,22 +136,26 @@ def test_seeds_come_from_the_id_not_the_row_position(tmp_path):
 
 def test_output_dir_refusals(tmp_path):
     prompts = write_prompts(tmp_path / "p.jsonl")
-    cfg = build_config(tmp_path, prompts, "out")
-    assert prepare(cfg).status == "new"
-    assert prepare(cfg).status == "resume"
+
+    def status(*overrides, out="out"):
+        cfg = build_config(tmp_path, prompts, out, *overrides)
+        return open_output(OutputDir(cfg.output.dir), identity_hash(cfg), cfg.model_dump(mode="json"))
+
+    assert status() == "new"
+    assert status() == "resume"
     # No shard finished yet: another config may take over (a failed first attempt leaves nothing to keep) ...
-    assert prepare(build_config(tmp_path, prompts, "out", "generate.temperature=0.7")).status == "new"
-    plan = prepare(cfg)
-    assert plan.status == "new"
-    plan.out.write_shard(plan.shards[0], [], {"shard": 0, "ids_sha": plan.shards[0].ids_sha})
+    assert status("generate.temperature=0.7") == "new"
+    assert status() == "new"
+    out = OutputDir(tmp_path / "out")
+    out.write_json(out.record_name(0), {"shard": 0, "ids_sha": "x"})
     # ... but once a shard is done, a different config is refused, naming what changed.
     with pytest.raises(LipoError, match=r"different config \(changed: generate.temperature\)"):
-        prepare(build_config(tmp_path, prompts, "out", "generate.temperature=0.3"))
-    assert prepare(build_config(tmp_path, prompts, "out", "resources.score.concurrency=2")).status == "resume"
+        status("generate.temperature=0.3")
+    assert status("resources.score.concurrency=2") == "resume"
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(LipoError, match="not empty and holds no build-lists state"):
-        prepare(build_config(tmp_path, prompts, "other"))
+        status(out="other")
 
 
 def test_truncated_prompts_become_counted_events(tmp_path):

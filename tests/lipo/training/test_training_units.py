@@ -51,6 +51,7 @@ def test_tasks_are_objects_holding_their_config():
 
 @pytest.mark.parametrize("kind", ["pointwise", "pairwise"])
 def test_reward_rows_hold_every_unequal_pair(kind, tmp_path):
+    from lipo.data.readers import read_lists
     from lipo.models.tiny import byte_tokenizer
 
     data = tmp_path / "lists.jsonl"
@@ -58,8 +59,10 @@ def test_reward_rows_hold_every_unequal_pair(kind, tmp_path):
                     '{"id": "b", "prompt": "p", "responses": ["x", "y"], "labels": [0.5, 0.5]}\n')
     cfg = load_config(RewardTrainConfig, None, [f"data.train=[{data}]", f"reward.kind={kind}",
                                                 "reward.eval_fraction=0"])
-    rows, metrics, _ = RewardTask(cfg).rows(byte_tokenizer())
-    assert metrics["data/dropped_lists_without_pairs"] == 1.0 and len(rows) == 1  # list b: all labels tied
+    table, _ = read_lists(str(data))
+    rows, counts = RewardTask(cfg).tokenize(table.to_pylist(), byte_tokenizer())
+    assert counts["data/dropped_lists_without_pairs"] == 1.0 and len(rows) == 1  # list b: all labels tied
+    assert rows[0]["id"] == "a" and counts["data/heldout_lists"] == 0.0
     if kind == "pointwise":
         assert len(rows[0]["text_ids"]) == 3 and rows[0]["labels"] == [1.0, 0.0, 0.0]
     else:  # (x,y), (x,z) and both reversed: 4 ordered pairs; x first wins
