@@ -69,7 +69,7 @@ def _child(spec: str, root: str, path: str) -> str:
     if not is_uri(spec):
         return os.path.join(spec, os.path.relpath(path, root)) if path != root else spec
     scheme = spec.split("://", 1)[0]
-    return f"{scheme}://{path}" if scheme != "file" else f"file://{path}"
+    return f"{scheme}://{path}"
 
 
 @dataclass(frozen=True)
