@@ -1,221 +1,205 @@
-"""GPU check: ZeRO-3 bf16 LiPO-lambda training of a ~0.5B Llama-style model at K=8, single process, no Ray.
+"""GPU suite (issue 13): parity, MFU against a plain-LM ceiling, memory, and lipo vs TRL, in one run under 8 minutes.
 
-Run on a GPU machine:  bash benchmarks/gpu_check.sh          (about 2 minutes on one H100/H200)
-CPU smoke test:        python benchmarks/gpu_check.py --smoke  (tiny model, gloo, fp32; checks the code path only)
+Run on the GPU machine:  bash benchmarks/gpu_check.sh            (one H200: about 6 minutes; hard stop at 450 s)
+CPU smoke test:          python benchmarks/gpu_check.py --smoke    (tiny models, gloo; every code path, ~2 min on 2
+                         busy cores; or `bash benchmarks/gpu_check.sh --smoke` with PYTHON=.venv/bin/python)
+Failure-path check:      python benchmarks/gpu_check.py --smoke --perturb-parity --parts parity   (must exit 1)
 
-One process initialises torch.distributed itself (world size 1, nccl) and wraps a random-init Llama (hidden 1024,
-24 layers, GQA 16/8 heads, MLP 4608, vocab 32000: ~0.48B parameters) in a DeepSpeed ZeRO-3 bf16 engine with torch
-AdamW, like `lipo.training.engine` does. A frozen bf16 copy is the reference. Each step: pack lists (prompt 256
-tokens, K=8 responses of 128 tokens) -> reference log-probs (no grad) -> policy log-probs -> LiPO-lambda ->
-engine.backward -> engine.step. Packed and unpacked steps alternate so their speed can be compared on the card.
+One process (no Ray) initialises torch.distributed itself (world size 1; nccl on a GPU, gloo in smoke) and runs
+four parts, each under its own time budget (a cooperative deadline that skips settings which would not fit, and a
+SIGALRM hard stop behind it), so a slow part cannot eat the others' time. Results are rewritten after every
+setting, so a run killed by the outer timeout still leaves what it measured.
 
-Prints one JSON object (last line of stdout) with tokens/s, MFU against the card's bf16 dense peak (spec sheet, and
-a measured 8192^3 bf16 matmul), and peak memory; writes benchmarks/results/gpu_check.json, and $OUT/gpu_check.json
-when $OUT is set. On any failure the JSON holds "error" and the traceback, and the exit status is 1.
+1. parity (90 s; benchmarks/gpu_parity.py): packed vs unpacked log-probs and gradients, fp32 and bf16, sdpa with
+   the dense mask and flex_attention (skipped with a note if this lipo cannot pack under flex; on a CPU forward
+   only), one-list and two-list rows of equal length. Tolerances are argued in that module. Any
+   failure, or a check left unrun when its budget ran out -> "error" in the JSON and exit status 1.
+2. mfu 1.26B (110 s) and 3. mfu 0.48B (130 s; benchmarks/gpu_mfu.py): lipo's step through
+   `lipo.training.engine.build_engine` vs a plain bf16 causal-LM step on as many tokens. Prompt 256, responses
+   128, 8 lists per step, ref log-probs carried by the data. The matrix, most important first (the tail is
+   dropped if a budget runs out):
+     1.26B: ceiling K=8; K=8 packed/unpacked ZeRO-2; K=2 packed/unpacked ZeRO-2; K=8 packed ZeRO-3.
+     0.48B: ceilings K=8 and K=2; the full K {8, 2} x {packed, unpacked} x ZeRO {2, 3} matrix (in the order
+            ZeRO-2 K=8, K=2; ZeRO-3 K=8; K=8 packed ZeRO-2 with sdpa's dense mask, i.e. what flex buys; ZeRO-3 K=2).
+   Each setting: fresh model + engine, 2 warm-up steps (the first compiles flex kernels), then 4 (0.48B) or 3
+   (1.26B) timed steps; median step time; peak memory from a reset before the model is built. MFU is 6N per
+   processed token, N = matmul (non-embedding) parameters, against the dense bf16 peak (989e12 on an H200).
+   Estimated on an H200 (about 40-50% of 989 TFLOP/s in the dense parts): a 0.48B step takes 0.05-0.25 s and a
+   1.26B step 0.15-0.6 s, so each setting is dominated by model/engine construction and the first-step
+   compile (~5-20 s): 1.26B ~70-100 s, 0.48B ~100-140 s.
+4. trl (65 s; benchmarks/gpu_trl.py): lipo vs TRL DPOTrainer at 0.48B, K=2 pair tokens/s and K=8 all-pairs
+   supervision/s. "unavailable" (not an error) if trl does not import.
+Then the targets (gpu_report.targets; a missed speed target is not an error) and the table.
+
+Writes benchmarks/results/gpu_check.json and .md and the table into docs/benchmarks.md (between the gpu_check
+markers; without them, in place of the "GPU check" section's body); $OUT/gpu_check.json, .md and benchmarks.md
+when $OUT is set. --smoke writes only to a temporary folder (printed) and $OUT, never over committed results.
+The last line of stdout is the result JSON.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
-import random
+import platform
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "platform"))  # lipo importable without installing it
+from gpu_common import ROOT, Ctx, Deadline, PartTimeout, Recorder, release, spec_peak, time_limit
+from gpu_report import markdown, targets, update_docs
 
-from lipo.losses import LOSSES  # noqa: E402
-from lipo.models.packed_logps import batch_logps, batch_token_count, make_batch, supports_packing  # noqa: E402
-
-# Dense bf16 tensor-core peaks from NVIDIA's spec sheets (FLOP/s, no sparsity), matched on the device name.
-BF16_PEAK = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
-             ("A10G", 70e12), ("L4", 121e12)]
-BETA = 0.1
+TOTAL_S = 430  # the shell's hard timeout is 450 s: leave time for the report
+BUDGETS = {"parity": 90, "mfu_1.26B": 110, "mfu_0.48B": 130, "trl": 65}
 
 
-def model_config(smoke: bool):
-    from transformers import LlamaConfig
-
-    if smoke:
-        return LlamaConfig(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                           tie_word_embeddings=False)
-    return LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=4608, num_hidden_layers=24,
-                       num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=4096,
-                       tie_word_embeddings=False)
-
-
-def random_lists(n: int, k: int, prompt_len: int, response_len: int, vocab: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    return [{"prompt_ids": [rng.randrange(3, vocab) for _ in range(prompt_len)],
-             "response_ids": [[rng.randrange(3, vocab) for _ in range(response_len)] for _ in range(k)],
-             "labels": [float(k - 1 - j) for j in range(k)], "ref_logps": None} for _ in range(n)]
-
-
-def ds_config(lists_per_step: int, bf16: bool, n_params: int) -> dict:
-    bucket = int(max(1e5, min(5e8, n_params)))
-    return {"train_micro_batch_size_per_gpu": lists_per_step, "gradient_accumulation_steps": 1,
-            "train_batch_size": lists_per_step,
-            "zero_optimization": {"stage": 3, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket},
-            "bf16": {"enabled": bf16}, "gradient_clipping": 1.0, "steps_per_print": 10**9,
-            "optimizer": {"type": "AdamW", "params": {"lr": 1e-6, "weight_decay": 0.0, "torch_adam": True}}}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int) -> float:
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    t0, reps = time.perf_counter(), 10
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return reps * 2 * n**3 / (time.perf_counter() - t0)
-
-
-def parity_check(device: torch.device) -> float:
-    """Max |packed - unpacked| summed log-prob on this device's kernels, tiny fp32 Llama (must be ~1e-5)."""
-    from lipo.models.tiny import tiny_llama
-
-    model = tiny_llama(seed=0).to(device)
-    items = random_lists(3, 4, 40, 12, 259, seed=1)
-    with torch.no_grad():
-        a = batch_logps(model, {k: v.to(device) for k, v in make_batch(items, 0, False).items()})
-        b = batch_logps(model, {k: v.to(device) for k, v in make_batch(items, 0, True, token_budget=400).items()})
-    return float((a - b).abs().max())
-
-
-def run(args) -> dict:
+def init_distributed(cuda: bool) -> None:
     import deepspeed
-    from transformers import LlamaForCausalLM
 
-    cuda = torch.cuda.is_available() and not args.smoke
-    if not cuda and not args.smoke:
-        raise RuntimeError("no CUDA device visible; use --smoke for a CPU check of the code path")
-    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-    for key, val in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29533"), ("RANK", "0"), ("WORLD_SIZE", "1"),
-                     ("LOCAL_RANK", "0")):
+    for key, val in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", os.environ.get("GPU_CHECK_PORT", "29533")),
+                     ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
         os.environ.setdefault(key, val)
     if cuda:
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(0)
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
-    out: dict = {"device": torch.cuda.get_device_name(0) if cuda else "cpu (smoke)", "torch": torch.__version__,
-                 "deepspeed": deepspeed.__version__, "engine": "deepspeed ZeRO-3", "bf16": cuda}
-    out["parity_max_abs_diff_fp32"] = parity_check(device)
 
-    config = model_config(args.smoke)
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(config)  # fp32 init on the device (fast); DeepSpeed casts to bf16
-    ref = copy.deepcopy(model).to(torch.bfloat16 if cuda else torch.float32).eval().requires_grad_(False)
-    emb = model.get_input_embeddings().weight
-    n_params = sum(p.numel() for p in model.parameters())
-    n_matmul = n_params - emb.numel()
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=list(model.parameters()),
-                                      config=ds_config(args.lists_per_step, cuda, n_params))
-    engine.train()
-    assert supports_packing(engine) and supports_packing(ref)
-    out.update({"params": n_params, "matmul_params": n_matmul, "K": args.k, "prompt_len": args.prompt_len,
-                "response_len": args.response_len, "lists_per_step": args.lists_per_step})
 
-    items = random_lists(args.lists_per_step * 4, args.k, args.prompt_len, args.response_len, config.vocab_size, 0)
-    batches = [items[i:i + args.lists_per_step] for i in range(0, len(items), args.lists_per_step)]
-    loss_fn = LOSSES["lambda"]
+def machine(ctx: Ctx) -> dict:
+    import transformers
 
-    def step(lists, packing: bool) -> int:
-        batch = {k: v.to(device) for k, v in make_batch(lists, 0, packing).items()}
-        with torch.no_grad():
-            ref_logps = batch_logps(ref, batch)  # [B, K]
-        scores = BETA * (batch_logps(engine, batch) - ref_logps)  # [B, K]
-        loss = loss_fn(scores, batch["labels"], batch["list_mask"])
-        engine.backward(loss)
-        engine.step()
-        return batch_token_count(batch)
+    info = {"device": torch.cuda.get_device_name(0) if ctx.cuda else "cpu (smoke)", "torch": torch.__version__,
+            "cuda": torch.version.cuda, "transformers": transformers.__version__, "python": platform.python_version(),
+            "cpu_cores": os.cpu_count(), "bf16_peak_flops": spec_peak(ctx)}
+    for mod in ("deepspeed", "trl", "datasets", "accelerate"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception as e:
+            info[mod] = f"unavailable ({type(e).__name__})"
+    if ctx.cuda:
+        info["gpu_memory_gib"] = torch.cuda.get_device_properties(0).total_memory / 2**30
+    return info
 
-    for i in range(args.warmup):
-        step(batches[i % len(batches)], True)
-        step(batches[i % len(batches)], False)
-    times = {True: [], False: []}
-    tokens = {True: 0, False: 0}
-    peak_mem = {True: 0, False: 0}
-    for i in range(args.steps):
-        for packing in (True, False):  # alternate, so both see the same clocks and memory state
-            sync(device)
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-            t0 = time.perf_counter()
-            tokens[packing] += step(batches[i % len(batches)], packing)
-            sync(device)
-            times[packing].append(time.perf_counter() - t0)
-            if cuda:
-                peak_mem[packing] = max(peak_mem[packing], torch.cuda.max_memory_allocated())
-    name = out["device"]
-    spec = next((peak for key, peak in BF16_PEAK if key in name), None) if cuda else None
-    measured = matmul_peak(device, torch.bfloat16 if cuda else torch.float32, 8192 if cuda else 512)
-    out.update({"spec_bf16_peak_flops": spec, "measured_matmul_flops": measured})
-    for packing, label in ((True, "packed"), (False, "unpacked")):
-        total = sum(times[packing])
-        tps = tokens[packing] / total
-        res = {"step_s_median": sorted(times[packing])[len(times[packing]) // 2], "tokens_per_s": tps,
-               "lists_per_s": args.lists_per_step * args.steps / total,
-               "tokens_per_step": tokens[packing] / args.steps}
-        if cuda:
-            res["peak_memory_allocated_gib"] = peak_mem[packing] / 2**30
-        # 6N per token for the policy's forward+backward; 8N adds the reference forward.
-        for flops_per_token, key in ((6 * n_matmul, "6N"), (8 * n_matmul, "8N_incl_ref")):
-            if spec:
-                res[f"mfu_{key}_vs_spec"] = flops_per_token * tps / spec
-            res[f"mfu_{key}_vs_measured_matmul"] = flops_per_token * tps / measured
-        out[label] = res
-    out["packed_speedup_lists_per_s"] = out["packed"]["lists_per_s"] / out["unpacked"]["lists_per_s"]
-    if cuda:
-        out["peak_memory_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
-    return out
+
+def run_part(rec: Recorder, name: str, budget: float, total: Deadline, fn, *args) -> None:
+    budget = min(budget, total.left() - 5)
+    status = rec.data.setdefault("parts", {})[name] = {"budget_s": round(budget, 1), "status": "running"}
+    t0 = time.perf_counter()
+    if budget < 5:
+        status["status"] = "skipped: total budget spent"
+        rec.write()
+        return
+    print(f"[gpu_check] {name}: budget {budget:.0f} s", flush=True)
+    try:
+        with time_limit(budget):
+            fn(rec, Deadline(budget), *args)
+        status["status"] = "done"
+    except PartTimeout as e:
+        status["status"] = f"stopped: {e}"
+        if name == "parity":  # unverified parity is not a pass: fail loudly
+            rec.error(name, f"stopped before every check ran ({e})")
+    except Exception as e:
+        status["status"] = "error"
+        rec.data.setdefault("tracebacks", {})[name] = traceback.format_exc()[-4000:]
+        rec.error(name, f"{type(e).__name__}: {e}"[:500])
+    finally:
+        status["wall_s"] = round(time.perf_counter() - t0, 1)
+        release()
+        rec.write()
+
+
+def outputs(smoke: bool, out_dir: str | None) -> tuple[Path, Path, list[Path]]:
+    """(folder for json+md, the docs file to update, extra copies' folders)."""
+    extra = [Path(os.environ["OUT"])] if os.environ.get("OUT") else []
+    if smoke:
+        folder = Path(out_dir or Path(tempfile.gettempdir()) / "lipo_gpu_check_smoke")
+        folder.mkdir(parents=True, exist_ok=True)
+        doc = folder / "benchmarks.md"
+        shutil.copyfile(ROOT / "docs" / "benchmarks.md", doc)  # exercise the docs update on a copy
+        return folder, doc, extra
+    return Path(out_dir) if out_dir else ROOT / "benchmarks" / "results", ROOT / "docs" / "benchmarks.md", extra
+
+
+def finish(rec: Recorder, folder: Path, doc: Path, extra: list[Path]) -> None:
+    rec.data["targets"] = targets(rec.data)
+    rec.write()
+    md = markdown(rec.data)
+    for d in [folder] + extra:
+        try:
+            (d / "gpu_check.md").write_text("# gpu_check\n\n" + md, encoding="utf-8")
+        except OSError as e:
+            print(f"could not write {d}/gpu_check.md: {e}", file=sys.stderr)
+    try:
+        update_docs(doc, md)
+        for d in extra:
+            shutil.copyfile(doc, d / "benchmarks.md")  # the GPU machine's tree does not come back; this does
+    except OSError as e:
+        print(f"could not update {doc}: {e}", file=sys.stderr)
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny models on CPU (gloo, fp32): every code path")
+    p.add_argument("--perturb-parity", action="store_true", default=os.environ.get("GPU_CHECK_PERTURB") == "1",
+                   help="shift one packed log-prob by 1 nat (or GPU_CHECK_PERTURB=1): the run must exit 1")
+    p.add_argument("--parts", default=",".join(BUDGETS), help=f"comma-separated subset of {','.join(BUDGETS)}")
+    p.add_argument("--parity-attn", default="sdpa,flex_attention",
+                   help="attentions the parity part checks (the smoke test uses sdpa: flex compiles slowly on CPU)")
+    p.add_argument("--out-dir", help="folder for gpu_check.json/.md (default: results/, or a temp folder in smoke)")
+    return p.parse_args()
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true", help="tiny model on CPU (gloo, fp32): checks the code path")
-    p.add_argument("--k", type=int, default=8)
-    p.add_argument("--prompt-len", type=int, default=256)
-    p.add_argument("--response-len", type=int, default=128)
-    p.add_argument("--lists-per-step", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--steps", type=int, default=10)
-    args = p.parse_args()
+    args = parse()
+    t_start = time.perf_counter()
+    cuda = torch.cuda.is_available() and not args.smoke
+    ctx = Ctx(smoke=args.smoke, device=torch.device("cuda", 0) if cuda else torch.device("cpu"),
+              perturb=args.perturb_parity)
     if args.smoke:
-        args.prompt_len, args.response_len, args.lists_per_step, args.warmup, args.steps = 32, 8, 2, 1, 2
-    t0 = time.perf_counter()
+        ctx.prompt_len, ctx.response_len, ctx.lists_per_step = 16, 8, 2
+    folder, doc, extra = outputs(args.smoke, args.out_dir)
+    rec = Recorder([folder / "gpu_check.json"] + [d / "gpu_check.json" for d in extra])
+    rec.data.update({"benchmark": "gpu_check", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "smoke": args.smoke,
+                     "shapes": {"prompt": ctx.prompt_len, "response": ctx.response_len,
+                                "lists_per_step": ctx.lists_per_step},
+                     "budgets_s": {**BUDGETS, "total": TOTAL_S}, "perturbed_parity": ctx.perturb})
     try:
-        result, rc = run(args), 0
+        if not cuda and not args.smoke:
+            raise RuntimeError("no CUDA device visible; use --smoke for a CPU check of the code path")
+        rec.data["machine"] = machine(ctx)
+        init_distributed(cuda)
+        run_parts(rec, ctx, args.parts.split(","), args.parity_attn.split(","),
+                  Deadline(TOTAL_S - (time.perf_counter() - t_start)))
     except Exception as e:  # report, don't just die: the JSON is what comes back from the GPU machine
-        result, rc = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}, 1
-    result["wall_s"] = time.perf_counter() - t0
-    text = json.dumps(result, indent=2)
-    targets = [] if args.smoke else [ROOT / "benchmarks" / "results" / "gpu_check.json"]
-    if os.environ.get("OUT"):
-        targets.append(Path(os.environ["OUT"]) / "gpu_check.json")
-    for path in targets:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text + "\n", encoding="utf-8")
-        except OSError as e:
-            print(f"could not write {path}: {e}", file=sys.stderr)
-    print(json.dumps(result))
-    return rc
+        rec.data.setdefault("tracebacks", {})["main"] = traceback.format_exc()[-4000:]
+        rec.error("main", f"{type(e).__name__}: {e}")
+    rec.data["wall_s"] = time.perf_counter() - t_start
+    finish(rec, folder, doc, extra)
+    print(f"[gpu_check] wrote {folder}/gpu_check.json and .md; docs: {doc}", flush=True)
+    print(json.dumps(rec.data, default=str))
+    return 1 if rec.data.get("errors") else 0
+
+
+def run_parts(rec: Recorder, ctx: Ctx, parts: list[str], parity_attns: list[str], total: Deadline) -> None:
+    from gpu_mfu import mfu
+    from gpu_parity import parity
+    from gpu_trl import trl_vs_lipo
+
+    warm, steps = (1, 1) if ctx.smoke else (2, 4)
+    rec.data["matrix"] = {"mfu_1.26B": "ceiling K=8; K=8 packed/unpacked Z2; K=2 packed/unpacked Z2; K=8 packed Z3",
+                          "mfu_0.48B": "ceilings K=8, K=2; K {8,2} x packed/unpacked x ZeRO {2,3}; K=8 packed Z2 sdpa",
+                          "parity": f"0.48B, 2 lists of K=8, fp32 + bf16, {'/'.join(parity_attns)}",
+                          "warmup_steps": warm, "timed_steps": {"0.48B": steps, "1.26B": max(1, steps - 1)}}
+    calls = {"parity": (parity, parity_attns), "mfu_1.26B": (mfu, "1.26B", max(1, steps - 1), warm),
+             "mfu_0.48B": (mfu, "0.48B", steps, warm), "trl": (trl_vs_lipo, steps)}
+    for name in parts:
+        fn, *extra = calls[name]
+        run_part(rec, name, BUDGETS[name] * (3 if ctx.smoke else 1), total, fn, ctx, *extra)
 
 
 if __name__ == "__main__":

@@ -47,9 +47,10 @@ def text(rng: random.Random, n: int) -> str:
     return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz ") for _ in range(n))
 
 
-def lists_texts(n: int, k: int, seed: int) -> list[dict]:
+def lists_texts(n: int, k: int, seed: int, prompt_len: int = PROMPT_LEN,
+                response_chars: int = RESPONSE_CHARS) -> list[dict]:
     rng = random.Random(seed)
-    return [{"prompt": text(rng, PROMPT_LEN), "responses": [text(rng, RESPONSE_CHARS) for _ in range(k)],
+    return [{"prompt": text(rng, prompt_len), "responses": [text(rng, response_chars) for _ in range(k)],
              "labels": [float(k - 1 - j) for j in range(k)]} for _ in range(n)]
 
 
@@ -92,16 +93,19 @@ def lipo_step(model, ref, opt, items, objective: str, packing: bool = True) -> N
     optimizer_step(model, opt)
 
 
-def trl_trainer(model, ref, tok, pairs: dict, out_dir: str, callbacks=None):
+def trl_trainer(model, ref, tok, pairs: dict, out_dir: str, callbacks=None, **overrides):
+    """TRL's DPOTrainer as this benchmark configures it; `overrides` replace DPOConfig fields (the GPU suite,
+    benchmarks/gpu_trl.py, sets use_cpu=False, bf16=True and its batch size)."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(output_dir=out_dir, per_device_train_batch_size=BATCH_PAIRS, beta=BETA, loss_type=["sigmoid"],
-                     learning_rate=LR, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0,
-                     optim="adamw_torch", num_train_epochs=1, max_length=None, use_cpu=True, bf16=False, fp16=False,
-                     report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True,
-                     dataloader_num_workers=0, seed=0,
-                     gradient_checkpointing=False)  # TRL defaults to True; lipo does not recompute activations
+    kwargs = dict(output_dir=out_dir, per_device_train_batch_size=BATCH_PAIRS, beta=BETA, loss_type=["sigmoid"],
+                  learning_rate=LR, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=1.0,
+                  optim="adamw_torch", num_train_epochs=1, max_length=None, use_cpu=True, bf16=False, fp16=False,
+                  report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True,
+                  dataloader_num_workers=0, seed=0,
+                  gradient_checkpointing=False)  # TRL defaults to True; lipo does not recompute activations
+    args = DPOConfig(**{**kwargs, **overrides})
     # TRL patches the forward of the models it is given (fused LM head), so it gets private copies.
     return DPOTrainer(model=model, ref_model=copy.deepcopy(ref), args=args, train_dataset=Dataset.from_dict(pairs),
                       processing_class=tok, callbacks=callbacks)

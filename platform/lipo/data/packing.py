@@ -12,6 +12,9 @@ the row past the budget, so a micro-batch is sized by tokens rather than by a co
 build-lists pack one list per row today; `token_budget` is reached through `lipo.models.packed_logps.make_batch` /
 `score_lists`, and used by benchmarks/gpu_check.py (padding-free parity on a GPU) and tests/lipo/models/test_packing.py.
 
+No [L, L] mask is built here: the rows carry segment and block ids, and `lipo.models.attention` turns them into a
+FlexAttention block mask or a dense mask on the device (a dense mask per row was O(L^2) host memory and transfer).
+
     packed = pack_lists(items, pad_id=tok.pad_token_id)                 # one list per row
     packed = pack_lists(items, pad_id=tok.pad_token_id, token_budget=4096)  # several lists per row
     logps = packed_sequence_logps(model, packed)                        # [B, K], see lipo.models.packed_logps
@@ -49,13 +52,16 @@ def batches_by_token_budget(items: list[dict], budget: int) -> list[list[int]]:
 
 
 def pack_lists(items: list[dict], pad_id: int, token_budget: int | None = None,
-               list_size: int | None = None) -> dict[str, torch.Tensor]:
+               list_size: int | None = None, pad_to: int = 1) -> dict[str, torch.Tensor]:
     """Pack tokenised lists (see `tokenize_list`) into rows sharing each prompt across its responses; with
     `token_budget`, several lists per row (see the module docstring for where that is used).
 
+    `pad_to` rounds the row length up to a multiple (FlexAttention's block size keeps compiled shapes few).
+
     Returns
-      input_ids [R, L], position_ids [R, L], attention_mask [R, 1, L, L] bool (True = may attend),
-      token_mask [R, L] (1 on real tokens),
+      input_ids [R, L], position_ids [R, L],
+      segment_ids [R, L] (the list's index in `items`; -1 on padding) and block_ids [R, L] (0 on a prompt, k + 1
+        on response k; -1 on padding), from which `lipo.models.attention` builds the attention mask on the device,
       target_row, target_col, source_col, target_slot [M]: for each scored response token, its row and column, the
         column whose logits predict it (the previous token, or the last prompt token for a response's first token),
         and its flat slot b * K + k in the [B, K] output,
@@ -65,19 +71,19 @@ def pack_lists(items: list[dict], pad_id: int, token_budget: int | None = None,
     if list_size is not None:
         K = max(K, list_size)
     groups = batches_by_token_budget(items, token_budget) if token_budget else [[b] for b in range(len(items))]
-    return {**_pack_rows(items, groups, pad_id, K), **_list_tensors(items, K)}
+    return {**_pack_rows(items, groups, pad_id, K, pad_to), **_list_tensors(items, K)}
 
 
-def _pack_rows(items: list[dict], groups: list[list[int]], pad_id: int, K: int) -> dict[str, torch.Tensor]:
+def _pack_rows(items: list[dict], groups: list[list[int]], pad_id: int, K: int,
+               pad_to: int = 1) -> dict[str, torch.Tensor]:
     """The token rows of `pack_lists`: row r holds the lists `groups[r]`, one after the other."""
     R = len(groups)
     L = max(sum(list_token_count(items[b]) for b in g) for g in groups)
+    L = -(-L // pad_to) * pad_to
     input_ids = torch.full((R, L), pad_id, dtype=torch.long)
     position_ids = torch.zeros((R, L), dtype=torch.long)
-    token_mask = torch.zeros((R, L), dtype=torch.long)
-    # Built block by block (prompt x prompt, response x prompt, response x response): far cheaper than comparing
-    # segment ids over all L x L pairs, and every block's shape is plain to see.
-    mask = torch.zeros((R, L, L), dtype=torch.bool)
+    segment_ids = torch.full((R, L), -1, dtype=torch.long)  # which list; -1 on padding
+    block_ids = torch.full((R, L), -1, dtype=torch.long)  # 0 on the prompt, k + 1 on response k
     t_row: list[int] = []
     t_col: list[int] = []
     s_col: list[int] = []
@@ -90,16 +96,16 @@ def _pack_rows(items: list[dict], groups: list[list[int]], pad_id: int, K: int) 
             P = len(prompt)
             input_ids[r, col:col + P] = torch.tensor(prompt, dtype=torch.long)
             position_ids[r, col:col + P] = torch.arange(P)
-            mask[r, col:col + P, col:col + P] = torch.ones(P, P, dtype=torch.bool).tril()  # prompt: causal
-            start = col
+            segment_ids[r, col:col + P] = b
+            block_ids[r, col:col + P] = 0
             last_prompt = col + P - 1
             col += P
             for k, resp in enumerate(it["response_ids"]):
                 n = len(resp)
                 input_ids[r, col:col + n] = torch.tensor(list(resp), dtype=torch.long)
                 position_ids[r, col:col + n] = torch.arange(P, P + n)
-                mask[r, col:col + n, start:start + P] = True  # a response sees its whole prompt,
-                mask[r, col:col + n, col:col + n] = torch.ones(n, n, dtype=torch.bool).tril()  # and itself causally
+                segment_ids[r, col:col + n] = b
+                block_ids[r, col:col + n] = k + 1
                 # With an empty prompt nothing predicts the first response token; sequence_logps skips it too.
                 j0 = 0 if P else 1
                 t_col.extend(range(col + j0, col + n))
@@ -109,15 +115,11 @@ def _pack_rows(items: list[dict], groups: list[list[int]], pad_id: int, K: int) 
                 t_row.extend([r] * (n - j0))
                 t_slot.extend([b * K + k] * (n - j0))
                 col += n
-            token_mask[r, start:col] = 1
-    # Padding queries attend to themselves only, so no softmax row is empty (which would give NaN).
-    pad_r, pad_c = (token_mask == 0).nonzero(as_tuple=True)
-    mask[pad_r, pad_c, pad_c] = True
     return {
         "input_ids": input_ids,
         "position_ids": position_ids,
-        "attention_mask": mask.unsqueeze(1),  # [R, 1, L, L]
-        "token_mask": token_mask,
+        "segment_ids": segment_ids,
+        "block_ids": block_ids,
         "target_row": torch.tensor(t_row, dtype=torch.long),
         "target_col": torch.tensor(t_col, dtype=torch.long),
         "source_col": torch.tensor(s_col, dtype=torch.long),
@@ -150,4 +152,4 @@ def is_packed(batch: dict[str, torch.Tensor]) -> bool:
 
 def packed_token_count(packed: dict[str, torch.Tensor]) -> int:
     """Tokens the forward pass processes, padding excluded (each prompt counted once per list)."""
-    return int(packed["token_mask"].sum().item())
+    return int((packed["segment_ids"] >= 0).sum().item())

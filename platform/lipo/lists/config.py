@@ -88,7 +88,8 @@ class LabelConfig(Strict):
 class ReferenceConfig(Strict):
     model: str | None = None  # default: generate.model (the SFT policy is the reference)
     dtype: DType = "float32"
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    # auto: flex_attention on a GPU (packed lists without a dense mask), sdpa on CPU (lipo.models.attention)
+    attn_implementation: Literal["auto", "sdpa", "eager", "flex_attention"] = "auto"
     max_response_tokens: int = Field(256, ge=1)  # = the train config's data.max_response_tokens
     packing: bool = True  # shared-prefix packing when the model supports it (lipo.models.packed_logps)
 

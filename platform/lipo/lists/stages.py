@@ -119,7 +119,8 @@ class ReferenceStage:
         ref, res = self.cfg.reference, self.cfg.resources.reference
         spec = self.cfg.reference_model
         self.device = _device(res.num_gpus)
-        self.model = load_causal_lm(spec, ref.dtype, ref.attn_implementation).to(self.device).eval()
+        self.model = load_causal_lm(spec, ref.dtype, ref.attn_implementation,
+                                    cuda=self.device == "cuda").to(self.device).eval()
         self.tokenizer = load_tokenizer(spec)
         self.spec = TokenizeSpec(self.cfg.input.max_prompt_tokens, ref.max_response_tokens)
         self.batch_size, self.packing = res.batch_size, ref.packing

@@ -39,8 +39,12 @@ class LoraConfig(Strict):
 class ModelConfig(Strict):
     path: str = "builtin:tiny-llama"
     reference: str | None = None  # defaults to `path`; ignored when the data carries ref_logps
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    # auto: flex_attention on a GPU (packed lists then need no dense [L, L] mask), sdpa on CPU, where FlexAttention
+    # has no backward (lipo.models.attention).
+    attn_implementation: Literal["auto", "sdpa", "eager", "flex_attention"] = "auto"
     lora: LoraConfig | None = None
+    # Recompute each layer's activations in the backward pass (non-reentrant): less memory for ~1/3 more compute.
+    gradient_checkpointing: bool = False
 
 
 class DataConfig(Strict):
@@ -48,8 +52,10 @@ class DataConfig(Strict):
     on_invalid: Literal["error", "skip"] = "error"
     max_prompt_tokens: int = Field(512, ge=1)
     max_response_tokens: int = Field(256, ge=1)
-    # Shared-prefix packing of each list (prompt once, K responses), where the model family supports it.
-    packing: bool = True
+    # Shared-prefix packing of each list (prompt once, K responses), where the model family supports it. auto packs
+    # where it is faster: always under flex_attention, and with a dense mask only when it saves enough tokens
+    # (lipo.models.attention.choose_packing); the choice is printed at the start of training.
+    packing: bool | Literal["auto"] = "auto"
     # The distributed tokenisation (lipo.training.token_cache): actors (null: one per CPU of the cluster, at most one
     # per read unit) and where the tokenised rows are cached (null: <output_dir>/.cache; a path every node sees).
     tokenize_workers: int | None = Field(None, ge=1)
@@ -93,7 +99,9 @@ class OptimConfig(Strict):
 
 
 class DeepSpeedConfig(Strict):
-    stage: Literal[0, 1, 2, 3] = 2
+    # auto: each worker picks 2, or 3 when stage 2's weights, gradients and optimizer states would not fit 60% of its
+    # GPU memory (lipo.training.memory has the arithmetic); 2 on CPU. The choice is printed at the start of training.
+    stage: Literal[0, 1, 2, 3, "auto"] = "auto"
     offload_optimizer: bool = False
 
 

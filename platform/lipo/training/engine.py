@@ -1,7 +1,12 @@
 """DeepSpeed plumbing for the training loop: engine construction, checkpoints and the final HF export.
 
 Kept apart from `loop.py` so the loop reads as setup -> step -> log -> checkpoint. CPU runs use fp32 with the
-gloo backend and torch's AdamW (`torch_adam`), since DeepSpeed's fused CPU Adam needs a compiled extension.
+gloo backend and torch's AdamW (`torch_adam`), since DeepSpeed's fused CPU Adam needs a compiled extension; GPU runs
+load weights in bf16 (`train_dtype`), DeepSpeed's bf16 optimizer keeping the fp32 master copy.
+
+Every worker first resolves `deepspeed.stage` (`resolve_stage`: `auto` by `lipo.training.memory`) and continues with
+`with_stage(cfg, stage)`, so the models, the engines and the export all see one integer stage. Under ZeRO-3 the models
+are built partitioned (`zero3_config` for `lipo.models.loading`) and the export gathers one module at a time.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from pathlib import Path
 import torch
 
 from lipo import storage
-from lipo.training.config import TrainConfig
+from lipo.training import memory
+from lipo.training.config import StageConfig, TrainConfig
 
 # _deepspeed_note: DeepSpeed is imported inside the functions that use it. The Ray Train controller unpickles
 # `train_loop` and so imports this module; at module level it would load DeepSpeed there too, which costs seconds
@@ -31,10 +37,48 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
 
 
+def train_dtype(cfg: StageConfig) -> str:
+    """The dtype weights are loaded in: bf16 on GPU (as DeepSpeed's bf16 mode computes), fp32 on CPU."""
+    return "bfloat16" if cfg.scaling.use_gpu else "float32"
+
+
+def resolve_stage(cfg: StageConfig, world: int, with_reference: bool) -> tuple[int, str]:
+    """The ZeRO stage this run uses and why: the configured one, or `auto` resolved by `lipo.training.memory`."""
+    requested = cfg.deepspeed.stage
+    if requested != "auto":
+        return requested, "set in the config"
+    if not cfg.scaling.use_gpu:
+        return 2, "auto: 2 on CPU"
+    from lipo.models.loading import count_params
+
+    lora = cfg.model.lora
+    n, trainable = count_params(cfg.model.path, lora.r if lora else None, lora.target_modules if lora else ())
+    device_bytes = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    return memory.choose_stage(n, world, device_bytes, trainable, with_reference)
+
+
+def with_stage(cfg: StageConfig, stage: int) -> StageConfig:
+    """A copy of `cfg` whose `deepspeed.stage` is the resolved `stage`."""
+    return cfg.model_copy(update={"deepspeed": cfg.deepspeed.model_copy(update={"stage": stage})})
+
+
+def zero3_config(cfg: StageConfig) -> dict | None:
+    """The DeepSpeed config models are built partitioned under (`lipo.models.loading`), or None below ZeRO-3."""
+    if cfg.deepspeed.stage != 3:
+        return None
+    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    return ds_config(cfg, world, train=False)
+
+
 def ds_config(cfg: TrainConfig, world: int, train: bool = True, n_params: int = 10**9) -> dict:
+    stage = cfg.deepspeed.stage
+    if stage == "auto":
+        raise ValueError("resolve deepspeed.stage first (engine.resolve_stage, engine.with_stage)")
     # DeepSpeed's default 5e8-element buckets would allocate GBs for a small model; size them to the model.
     bucket = int(max(1e5, min(5e8, n_params)))
-    zero: dict = {"stage": cfg.deepspeed.stage, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
+    zero: dict = {"stage": stage, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
+    if stage == 3:  # export_model gathers 16-bit weights module by module (what engine.save_16bit_model needs too)
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
     if train and cfg.deepspeed.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu"}
     conf = {
@@ -106,27 +150,47 @@ def load_checkpoint(engine, directory: Path, rank: int) -> int:
 
 def export_model(engine, tokenizer, out: str, stage: int, rank: int) -> None:
     """Write a consolidated safetensors HF model + tokenizer to `out` (a path, or an object-store URI: written
-    locally, then uploaded); ZeRO-3 shards are gathered first."""
-    import deepspeed  # see _deepspeed_note
+    locally, then uploaded) from rank 0, in the training dtype (bf16 on GPU, fp32 on CPU); a LoRA adapter is merged.
 
-    model = engine.module
-    params = list(model.parameters())
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=stage == 3):
-        if rank == 0:
-            state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+    Under ZeRO-3 DeepSpeed gathers the weights one module at a time and only rank 0 keeps them, on the host
+    (`_zero3_consolidated_16bit_state_dict`; every rank must call it); below ZeRO-3 every rank already holds them.
+    """
+    if stage == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()  # None except on rank 0
+    else:
+        state = {k: v.detach().cpu() for k, v in engine.module.state_dict().items()} if rank == 0 else None
     if rank == 0:
-        if hasattr(model, "merge_and_unload"):  # peft: fold the adapter into the base weights
-            model = model.merge_and_unload()
-            state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+        model = host_model(engine.module, state)
         with tempfile.TemporaryDirectory() as tmp:
             out_dir = storage.local(out) or Path(tmp)
             out_dir.mkdir(parents=True, exist_ok=True)
-            model.save_pretrained(str(out_dir), state_dict=state, safe_serialization=True)
+            model.save_pretrained(str(out_dir), safe_serialization=True)
             tokenizer.save_pretrained(str(out_dir))
             if storage.local(out) is None:
                 storage.upload_dir(out_dir, out)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def host_model(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A model of `module`'s architecture holding `state` (no copy), with a LoRA adapter merged into its weights.
+
+    Built on the meta device and given the state's tensors, so it does not matter how ZeRO partitioned `module`.
+    """
+    lora = hasattr(module, "merge_and_unload")  # a peft model
+    base = module.get_base_model() if lora else module
+    with torch.device("meta"):
+        model = type(base)(base.config)
+    if lora:
+        from peft import get_peft_model  # optional dependency (lipo[lora])
+
+        model = get_peft_model(model, next(iter(module.peft_config.values())))
+    model.load_state_dict(state, assign=True, strict=False)
+    (model.get_base_model() if lora else model).tie_weights()  # a tied head may be absent from the state
+    missing = [n for n, p in model.named_parameters() if p.is_meta]
+    if missing:
+        raise RuntimeError(f"export: no weights gathered for {missing[:5]} ({len(missing)} parameters)")
+    return model.merge_and_unload() if lora else model
 
 
 def fault_hook(fault: dict | None, step: int, rank: int) -> None:

@@ -4,7 +4,9 @@ Reads top to bottom: setup -> (step -> log -> checkpoint)* -> export. One optimi
 micro-batches per worker, each of `micro_batch_size` rows, or of as many rows as fit `max_tokens_per_micro_batch`
 tokens when that budget is set (`lipo.training.plan`); what a micro-batch computes is the task's `loss` (the task
 object, `lipo.training.tasks`, arrives in `config["task"]`), e.g. for LiPO `beta * (log pi - log pi_ref)` scored by
-an objective from `lipo.losses`. Launched by `lipo.training.launch.launch` (`lipo train CONFIG.yaml`).
+an objective from `lipo.losses`. Setup first resolves the ZeRO stage (`deepspeed.stage: auto`,
+`lipo.training.engine.resolve_stage`) and prints it on rank 0 with the task's other settings. Launched by
+`lipo.training.launch.launch` (`lipo train CONFIG.yaml`).
 """
 
 from __future__ import annotations
@@ -42,8 +44,13 @@ def train_loop(config: dict) -> None:
                                cfg.optim.grad_accum, cfg.optim.epochs, cfg.optim.max_steps, cfg.seed)
     tokenizer = load_tokenizer(cfg.model.path)
     has_ref = config["has_ref"]  # every list carries ref_logps: no reference model is needed
+    stage, why = eng.resolve_stage(cfg, world, task.needs_reference(has_ref))
+    task.cfg = cfg = eng.with_stage(cfg, stage)  # from here on, everything sees the resolved stage
     engine = eng.build_engine(task.build_model(), cfg, world, plan.total_steps)
     ref = task.build_reference(world, has_ref)
+    if rank == 0:
+        settings = "".join(f"; {k}: {v}" for k, v in getattr(task, "settings", {}).items())
+        print(f"[lipo] {task.stage}: deepspeed stage {stage} ({why}){settings}", flush=True)
     start = 0
     if (ckpt := ray.train.get_checkpoint()) is not None:
         with ckpt.as_directory() as d:
@@ -82,4 +89,4 @@ def train_loop(config: dict) -> None:
         eng.fault_hook(config.get("fault"), done, rank)
 
     # ---- export
-    eng.export_model(engine, tokenizer, config["model_dir"], cfg.deepspeed.stage, rank)
+    eng.export_model(engine, tokenizer, config["model_dir"], stage, rank)

@@ -40,8 +40,6 @@ def check_environment(cfg) -> None:
             import peft  # noqa: F401  (optional dependency: lipo[lora])
         except ImportError:
             raise LipoError("model.lora needs the `peft` package: pip install 'lipo[lora]'") from None
-        if cfg.deepspeed.stage == 3:
-            raise LipoError("model.lora with deepspeed.stage 3 is not supported; use stage 0-2")
     if cfg.scaling.use_gpu:
         if not torch.cuda.is_available():
             raise LipoError("scaling.use_gpu is true but no CUDA device is visible on the driver")

@@ -32,8 +32,9 @@ from lipo.data.records import LIST_SCHEMA
 from lipo.data.records import prompt_of
 from lipo.losses import pair_logistic
 from lipo.metrics import pairwise_accuracy
-from lipo.models.loading import load_sequence_classifier, load_tokenizer
+from lipo.models.loading import enable_checkpointing, load_sequence_classifier, load_tokenizer
 from lipo.models.reward import pair_text, pairwise_matrix, pointwise_rewards, pointwise_text
+from lipo.training import engine as eng
 from lipo.training.config import RewardTrainConfig
 from lipo.training.rows import LISTS
 
@@ -181,7 +182,15 @@ class RewardTask:
         return {"eval/pair_accuracy": hits / pairs, "eval/pairs": float(pairs)}
 
     def build_model(self):
-        return load_sequence_classifier(self.cfg.model.path)
+        """In the training dtype, built partitioned under ZeRO-3 (as `tasks.causal_lm`); no reference model."""
+        cfg = self.cfg
+        model = load_sequence_classifier(cfg.model.path, eng.train_dtype(cfg), zero3=eng.zero3_config(cfg))
+        if cfg.model.gradient_checkpointing:
+            enable_checkpointing(model)
+        return model
+
+    def needs_reference(self, has_ref):
+        return False
 
     def build_reference(self, world, has_ref):
         return None

@@ -6,7 +6,8 @@ A task holds its validated stage config (`task.cfg`) and answers everything the 
   of one input row), `evaluate(model_dir)` (metrics of the exported model; most tasks: none);
 - in the distributed tokenisation (`lipo.training.token_cache`): `tokenize(rows, tokenizer) -> (rows, counts)` on
   one chunk of validated rows, counting every drop under its metric name;
-- on every worker: `build_model()`, `build_reference(world, has_ref)`, `collate(items, pad_id)` and
+- on every worker: `build_model()`, `needs_reference(has_ref)` (the ZeRO stage's memory estimate asks it before any
+  model exists), `build_reference(world, has_ref)`, `collate(items, pad_id)` and
   `loss(engine, ref, batch) -> (loss, metrics)`.
 
 Tasks:
@@ -35,9 +36,10 @@ from lipo.data.collate import collate_lists
 from lipo.data.packing import is_packed
 from lipo.losses import LOSSES
 from lipo.metrics import ndcg, pairwise_accuracy, top_bottom_margin
-from lipo.models.loading import load_causal_lm
+from lipo.models.loading import enable_checkpointing, load_causal_lm
 from lipo.models.logps import sequence_logps
-from lipo.models.packed_logps import batch_logps, make_batch, supports_packing
+from lipo.models.attention import FLEX_BLOCK, PackingRule, attn_implementation
+from lipo.models.packed_logps import batch_logps, make_batch
 from lipo.training import engine as eng
 from lipo.training import rows as R
 from lipo.training.config import SFTConfig, StageConfig, TrainConfig
@@ -57,6 +59,8 @@ class Task(Protocol):
 
     def build_model(self) -> torch.nn.Module: ...
 
+    def needs_reference(self, has_ref: bool) -> bool: ...
+
     def build_reference(self, world: int, has_ref: bool) -> torch.nn.Module | None: ...
 
     def collate(self, items: list[dict], pad_id: int) -> Batch: ...
@@ -64,9 +68,16 @@ class Task(Protocol):
     def loss(self, engine, ref, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
-def causal_lm(cfg: StageConfig) -> torch.nn.Module:
-    """The policy to train, in fp32 (DeepSpeed casts to bf16 on GPU), with a LoRA adapter when configured."""
-    model = load_causal_lm(cfg.model.path, "float32", cfg.model.attn_implementation)
+def causal_lm(cfg: StageConfig, spec: str | None = None, policy: bool = True) -> torch.nn.Module:
+    """The policy to train (or, `policy=False`, the frozen reference `spec`) in the training dtype (bf16 on GPU,
+    fp32 on CPU), built partitioned under ZeRO-3; the policy with gradient checkpointing and a LoRA adapter when
+    configured. `cfg.deepspeed.stage` must be resolved (`engine.with_stage`)."""
+    model = load_causal_lm(spec or cfg.model.path, eng.train_dtype(cfg), cfg.model.attn_implementation,
+                           cuda=cfg.scaling.use_gpu, zero3=eng.zero3_config(cfg))
+    if not policy:
+        return model
+    if cfg.model.gradient_checkpointing:
+        enable_checkpointing(model)
     if cfg.model.lora:
         from peft import LoraConfig, get_peft_model  # optional dependency (lipo[lora])
 
@@ -78,15 +89,17 @@ def causal_lm(cfg: StageConfig) -> torch.nn.Module:
 
 @dataclass
 class ListwiseTask:
-    """LiPO on lists. Lists are packed (one shared prompt per list, `lipo.data.packing`) when `data.packing` is on
-    and both the policy and the reference support it; otherwise padded to [B, K, T]."""
+    """LiPO on lists. A micro-batch is packed (one shared prompt per list, `lipo.data.packing`) as `data.packing`
+    says (`auto`: where it is faster, `lipo.models.attention.PackingRule`) and both the policy and the reference
+    support it; otherwise padded to [B, K, T]. `settings` records the choice, which the loop prints."""
 
     cfg: TrainConfig
     stage: ClassVar[str] = "train"
-    packing: bool = field(init=False)
+    rule: PackingRule = field(init=False)
+    settings: dict[str, str] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.packing = self.cfg.data.packing
+        self.rule = PackingRule("off", "unsupported")
         o = self.cfg.objective
         self.objective = LOSSES[o.name]  # resolved once here, never per step
         if o.name == "lambda":
@@ -102,19 +115,33 @@ class ListwiseTask:
 
     def build_model(self):
         model = causal_lm(self.cfg)
-        self.packing = self.packing and supports_packing(model)
+        self._fit_packing(model)
         return model
 
+    def needs_reference(self, has_ref):
+        return not has_ref and not self.cfg.model.lora  # data carries ref_logps, or LoRA's base model is it
+
     def build_reference(self, world, has_ref):
-        if has_ref or self.cfg.model.lora:  # data carries ref_logps, or LoRA's base model is the reference
+        if not self.needs_reference(has_ref):
             return None
         m = self.cfg.model
-        ref = load_causal_lm(m.reference or m.path, "float32", m.attn_implementation)
-        self.packing = self.packing and supports_packing(ref)
+        ref = causal_lm(self.cfg, m.reference or m.path, policy=False)
+        self._fit_packing(ref, policy=False)
         return eng.build_reference(ref, self.cfg, world)
 
+    def _fit_packing(self, model: torch.nn.Module, policy: bool = True) -> None:
+        """The packing rule for the policy; a reference that cannot pack turns packing off for both."""
+        rule = PackingRule.for_model(model, self.cfg.data.packing, cuda=self.cfg.scaling.use_gpu)
+        if policy:
+            self.rule = rule
+            self.settings["attention"] = str(attn_implementation(model))
+        elif rule.form == "unsupported":
+            self.rule = rule
+        self.settings["packing"] = self.rule.describe()
+
     def collate(self, items, pad_id):
-        return make_batch(items, pad_id, self.packing)
+        pad_to = FLEX_BLOCK if self.rule.form == "flex" else 1
+        return make_batch(items, pad_id, self.rule.pack(items), pad_to=pad_to)
 
     def reference_logps(self, engine, ref, batch: Batch) -> torch.Tensor:
         if "ref_logps" in batch:
@@ -137,7 +164,8 @@ class ListwiseTask:
                       "ndcg": ndcg(s, labels, mask).item(),
                       "pair_accuracy": pairwise_accuracy(s, labels, mask).item(),
                       "margin": top_bottom_margin(s, labels, mask).item(),
-                      "log_ratio": log_ratio.detach()[mask].mean().item()}
+                      "log_ratio": log_ratio.detach()[mask].mean().item(),
+                      "packed": float(is_packed(batch))}  # the fraction of packed micro-batches, once averaged
 
 
 def response_lengths(batch: Batch) -> torch.Tensor:
@@ -173,6 +201,9 @@ class SFTTask:
 
     def build_model(self):
         return causal_lm(self.cfg)
+
+    def needs_reference(self, has_ref):
+        return False
 
     def build_reference(self, world, has_ref):
         return None

@@ -15,8 +15,9 @@ import transformers as T
 from lipo.data.collate import collate_lists, count_tokens
 from lipo.data.packing import batches_by_token_budget, list_token_count, pack_lists, packed_token_count
 from lipo.models.logps import sequence_logps
-from lipo.models.packed_logps import (MASK_STYLE, batch_logps, batch_token_count, make_batch, packed_sequence_logps,
-                                      score_lists, supports_packing)
+from lipo.models.attention import MASK_STYLE, dense_mask
+from lipo.models.packed_logps import (batch_logps, batch_token_count, make_batch, packed_sequence_logps, score_lists,
+                                      supports_packing)
 from lipo.models.tiny import tiny_llama
 
 COMMON = dict(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -73,7 +74,8 @@ def test_layout_of_one_list():
     p = pack_lists(items, pad_id=0)
     assert p["input_ids"].tolist() == [[1, 10, 11, 20, 21, 30, 31, 32]]
     assert p["position_ids"].tolist() == [[0, 1, 2, 3, 4, 3, 4, 5]]  # each response continues from ITS prompt
-    m = p["attention_mask"][0, 0]  # [L, L]
+    assert p["segment_ids"].tolist() == [[0] * 8] and p["block_ids"].tolist() == [[0, 0, 0, 1, 1, 2, 2, 2]]
+    m = dense_mask(p)[0, 0]  # [L, L]
     assert m.shape == (8, 8)
     assert m[2, :3].all() and not m[1, 2]  # prompt is causal
     assert m[4, :5].all() and not m[4, 5:].any()  # response 1 sees prompt + itself
@@ -88,11 +90,11 @@ def test_layout_of_one_list():
 def test_lists_never_see_each_other_and_padding_is_isolated():
     items = make_items(4)
     p = pack_lists(items, pad_id=0, token_budget=60)
-    m = p["attention_mask"][:, 0]  # [R, L, L]
+    m = dense_mask(p)[:, 0]  # [R, L, L]
     R, L = p["input_ids"].shape
     assert m.diagonal(dim1=1, dim2=2).all()  # every row of the softmax has at least one key
     for r in range(R):
-        real = p["token_mask"][r].bool()
+        real = p["segment_ids"][r] >= 0
         assert not m[r][real][:, ~real].any()  # real tokens never attend to padding
     assert packed_token_count(p) == sum(list_token_count(it) for it in items)
 

@@ -1,0 +1,57 @@
+"""The GPU suite's CPU smoke mode (benchmarks/gpu_check.py --smoke) runs, reports, and fails loudly on bad parity.
+
+Run: pytest tests/benchmarks/test_gpu_check_smoke.py      (two subprocesses, about 40 s on 2 cores)
+
+A subset of the parts keeps it short: the 1.26B MFU matrix (engine, ceiling, targets, table, docs copy) and the TRL
+part (recorded as unavailable where trl is not installed), then the parity part with one packed log-prob shifted,
+which must exit 1. Parity runs sdpa only here: FlexAttention compiles slowly on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def run(tmp_path: Path, *args: str) -> tuple[int, dict]:
+    env = {**os.environ, "GPU_CHECK_PORT": free_port(), "PYTHONPATH": str(ROOT / "platform")}
+    env.pop("OUT", None)  # never write into a device tool's output folder from a test
+    for key in ("MASTER_PORT", "MASTER_ADDR", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke",
+                           "--out-dir", str(tmp_path), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_smoke_reports_and_perturbed_parity_fails(tmp_path):
+    rc, data = run(tmp_path / "ok", "--parts", "mfu_1.26B,trl")
+    assert rc == 0, data.get("error")
+    assert "error" not in data
+    kinds = {(s["kind"], s["K"], s.get("packing"), s.get("zero_stage")) for s in data["mfu"]["settings"]}
+    assert ("ceiling", 8, None, None) in kinds and ("lipo", 8, True, 2) in kinds and ("lipo", 8, False, 2) in kinds
+    assert {t["target"] for t in data["targets"]} >= {"1.26B K=8 packed ZeRO-2 MFU", "lipo / TRL tokens/s at K=2"}
+    assert data["trl"]["status"] in ("unavailable", "done")
+    assert json.loads((tmp_path / "ok" / "gpu_check.json").read_text())["mfu"] == data["mfu"]
+    doc = (tmp_path / "ok" / "benchmarks.md").read_text()
+    assert "<!-- gpu_check:begin -->" in doc and "## Packing" in doc  # the section replaced, the rest kept
+
+    rc, data = run(tmp_path / "bad", "--parts", "parity", "--parity-attn", "sdpa", "--perturb-parity")
+    assert rc == 1
+    assert "parity" in data["error"]
+    assert data["parity"]["checks"] and not any(c["ok"] for c in data["parity"]["checks"])
