@@ -23,6 +23,8 @@ be exactly `head(hidden)` there (Gemma2's final soft-capping is applied here); o
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
@@ -91,6 +93,35 @@ def chunked_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Te
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 
+# The head's input is captured by one forward pre-hook per head module, registered once and kept: it acts only for
+# the thread that asked (a Serve replica scores concurrent requests on threads of one model), and passes everything
+# else through, the head's own chunk calls included.
+_capture = threading.local()
+
+
+def _keep_head_input(module: torch.nn.Module, args: tuple):
+    slot = getattr(_capture, "slot", None)
+    if slot is None or slot["head"] is not module:
+        return None
+    _capture.slot = None  # only the call inside the model's forward
+    slot["hidden"] = args[0]  # [R, L, H]: the final (normed) hidden states
+    return (args[0][..., :1, :], *args[1:])  # the head runs on one column only
+
+
+def _final_hidden(model: torch.nn.Module, head: torch.nn.Module, inputs: dict) -> torch.Tensor:
+    """[R, L, H] hidden states that `model(**inputs)` feeds its LM head, without computing logits beyond one column."""
+    if not getattr(head, "_lipo_keeps_input", False):
+        head.register_forward_pre_hook(_keep_head_input)
+        head._lipo_keeps_input = True
+    slot = {"head": head}
+    _capture.slot = slot
+    try:
+        model(**inputs, use_cache=False)
+    finally:
+        _capture.slot = None
+    return slot["hidden"]
+
+
 def scored_token_logps(model: torch.nn.Module, inputs: dict, rows: torch.Tensor, source_cols: torch.Tensor,
                        targets: torch.Tensor) -> torch.Tensor:
     """[M] log p(targets[i]) as predicted at (rows[i], source_cols[i]) by `model(**inputs)`."""
@@ -99,18 +130,7 @@ def scored_token_logps(model: torch.nn.Module, inputs: dict, rows: torch.Tensor,
     if head is None:  # unverified family: logits may be more than head(hidden); take them as the model gives them
         logits = model(**inputs, use_cache=False).logits  # [R, L, V]
         return _TargetLogp.apply(logits[rows, source_cols], targets, None)  # [M]
-    captured: dict[str, torch.Tensor] = {}
-
-    def keep_input(module, args):
-        captured["hidden"] = args[0]  # [R, L, H]: the final (normed) hidden states
-        return (args[0][..., :1, :], *args[1:])  # the head runs on one column only
-
-    handle = head.register_forward_pre_hook(keep_input)
-    try:
-        model(**inputs, use_cache=False)
-    finally:
-        handle.remove()
-    hidden = captured["hidden"][rows, source_cols]  # [M, H]
+    hidden = _final_hidden(model, head, inputs)[rows, source_cols]  # [M, H]
     return chunked_logps(head, hidden, targets, _softcap(model))
 
 

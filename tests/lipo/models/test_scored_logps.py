@@ -53,7 +53,7 @@ def test_chunked_head_matches_full_logits(family, monkeypatch):
         torch.testing.assert_close(packed_g[name], want_g[name], atol=1e-5, rtol=0, msg=name)
 
 
-def test_head_sees_one_column_and_hook_is_removed():
+def test_head_sees_one_column_and_passes_through_otherwise():
     model = build("llama")
     head = model.get_output_embeddings()
     shapes = []
@@ -61,12 +61,34 @@ def test_head_sees_one_column_and_hook_is_removed():
     batch = collate_lists(make_items(2, seed=12), 0)
     with torch.no_grad():
         L.sequence_logps(model, batch)
+        h = torch.randn(3, 5, 64)
+        assert head(h).shape == (3, 5, 259)  # outside a capture the kept hook changes nothing
+        assert model(input_ids=batch["input_ids"][0]).logits.shape[1] == batch["input_ids"].shape[-1]
     handle.remove()
     n_rows = int(batch["list_mask"].sum())
     # First call: inside the model's forward, one column per row; then only the scored positions, in chunks.
     assert shapes[0][:2] == (n_rows, 1)
-    assert sum(s[0] for s in shapes[1:]) == int(batch["response_mask"][..., 1:].sum())
-    assert not head._forward_pre_hooks  # the capture hook never outlives the call
+    assert sum(s[0] for s in shapes[1:-2]) == int(batch["response_mask"][..., 1:].sum())
+    assert len(head._forward_pre_hooks) == 1  # registered once, not once per call
+
+
+def test_concurrent_callers_on_one_model_get_their_own_results():
+    # A Serve replica scores concurrent requests on threads that share one model: each capture is per thread.
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = build("llama")
+    batches = [collate_lists(make_items(3, seed=s), 0) for s in range(8)]
+    with torch.no_grad():
+        want = [L.sequence_logps(model, b) for b in batches]
+
+        def score(b):
+            with torch.no_grad():
+                return L.sequence_logps(model, b)
+
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(score, batches * 3))
+    for i, g in enumerate(got):
+        torch.testing.assert_close(g, want[i % len(batches)], atol=1e-5, rtol=1e-6)
 
 
 def test_unverified_family_uses_its_own_logits():
