@@ -2,7 +2,7 @@
 
     impl = resolve_attn_implementation("auto", cuda=True)       # "flex_attention" on a GPU, "sdpa" on CPU
     masks = packed_attention(model, packed)                     # what model(attention_mask=...) takes
-    rule = PackingRule.for_model(model, requested="auto")       # rule.pack(items) -> bool, rule.describe()
+    rule = PackingRule.for_model(model, "auto", cuda=True)      # rule.pack(items) -> bool, rule.describe()
 
 A packed row carries two ids per column (`lipo.data.packing`): `segment_ids` (which list; -1 on padding) and
 `block_ids` (0 on a list's prompt, k + 1 on its response k). Query q may attend key j when both are in the same
@@ -175,10 +175,10 @@ class PackingRule:
     form: str  # "flex" | "dense-cpu" | "dense-gpu" | "unsupported"
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module, requested: bool | str, cuda: bool | None = None) -> PackingRule:
+    def for_model(cls, model: torch.nn.Module, requested: bool | str, cuda: bool) -> PackingRule:
+        """`cuda`: whether the model will run on a GPU (it may still be on the host while it is being set up)."""
         if not supports_packing(model):
             return cls("off", "unsupported")
-        cuda = _on_cuda(model) if cuda is None else cuda
         form = "flex" if attn_implementation(model) == "flex_attention" else ("dense-gpu" if cuda else "dense-cpu")
         mode = "auto" if requested == "auto" else ("on" if requested else "off")
         return cls(mode, form)
@@ -199,9 +199,3 @@ class PackingRule:
         if self.mode == "auto":
             return f"auto: a micro-batch is packed when it saves >= {self.min_saving:g}x tokens ({how})"
         return f"{self.mode} ({how})" if self.mode == "on" else "off"
-
-
-def _on_cuda(model: torch.nn.Module) -> bool:
-    for p in model.parameters():
-        return p.device.type == "cuda"
-    return False

@@ -68,10 +68,10 @@ def test_packing_rule():
     cpu, gpu = PackingRule.for_model(sdpa, "auto", cuda=False), PackingRule.for_model(sdpa, "auto", cuda=True)
     assert cpu.form == "dense-cpu" and cpu.pack(k2) and cpu.pack(k8)
     assert gpu.form == "dense-gpu" and not gpu.pack(k2) and gpu.pack(k8)
-    assert not PackingRule.for_model(sdpa, False).pack(k8) and PackingRule.for_model(sdpa, True, cuda=True).pack(k2)
-    assert "FlexAttention" in PackingRule.for_model(flex, "auto").describe()
+    assert not PackingRule.for_model(sdpa, False, cuda=False).pack(k8) and PackingRule.for_model(sdpa, True, cuda=True).pack(k2)
+    assert "FlexAttention" in PackingRule.for_model(flex, "auto", cuda=True).describe()
     sdpa.config._attn_implementation = "flash_attention_2"  # takes no custom mask
-    rule = PackingRule.for_model(sdpa, True)
+    rule = PackingRule.for_model(sdpa, True, cuda=False)
     assert rule.form == "unsupported" and not rule.pack(k8) and "no verified packed path" in rule.describe()
 
 
