@@ -1,4 +1,5 @@
-"""GPU suite (issue 13): parity, MFU against a plain-LM ceiling, memory, and lipo vs TRL, in one run under 8 minutes.
+"""GPU suite (issue 13): parity, sampling speed, MFU against a plain-LM ceiling, memory, and lipo vs TRL, in one run
+under 8 minutes.
 
 Run on the GPU machine:  bash benchmarks/gpu_check.sh            (one H200: about 6 minutes; hard stop at 450 s)
 CPU smoke test:          python benchmarks/gpu_check.py --smoke    (tiny models, gloo; every code path, ~2 min on 2
@@ -6,7 +7,7 @@ CPU smoke test:          python benchmarks/gpu_check.py --smoke    (tiny models,
 Failure-path check:      python benchmarks/gpu_check.py --smoke --perturb-parity --parts parity   (must exit 1)
 
 One process (no Ray) initialises torch.distributed itself (world size 1; nccl on a GPU, gloo in smoke) and runs
-four parts, each under its own time budget (a cooperative deadline that skips settings which would not fit, and a
+five parts, each under its own time budget (a cooperative deadline that skips settings which would not fit, and a
 SIGALRM hard stop behind it), so a slow part cannot eat the others' time. Results are rewritten after every
 setting, so a run killed by the outer timeout still leaves what it measured.
 
@@ -14,7 +15,14 @@ setting, so a run killed by the outer timeout still leaves what it measured.
    the dense mask and flex_attention (skipped with a note if this lipo cannot pack under flex; on a CPU forward
    only), one-list and two-list rows of equal length. Tolerances are argued in that module. Any
    failure, or a check left unrun when its budget ran out -> "error" in the JSON and exit status 1.
-2. mfu 1.26B (110 s) and 3. mfu 0.48B (130 s; benchmarks/gpu_mfu.py): lipo's step through
+2. generation (50 s; benchmarks/gpu_generation.py): sampled tokens/s of `model.generate(do_sample=True)`, lipo's
+   `sample_ids` and the sampler before issue 14 (8 new tokens only: it is far slower; tokens/s, not compared) on
+   the 0.48B in bf16, 32 prompts x K=8 = 256 rows, prompts 256, 128 new tokens, temperature 1.0, EOS off; a warm-up
+   call each, then up to 3 alternated timed calls each, median. Before the timing, greedy lipo vs greedy generate on
+   8 rows x 32 tokens: the fraction of equal tokens (bf16; re-checked on an fp32 copy when under 90%, as near-tied
+   bf16 argmaxes may flip); under 90% in fp32, or a wrong lipo output shape -> "error". Estimated ~35-50 s on an
+   H200 (each 256-row call a few seconds; timed rounds that would not fit are dropped).
+3. mfu 1.26B (90 s) and 4. mfu 0.48B (100 s; benchmarks/gpu_mfu.py): lipo's step through
    `lipo.training.engine.build_engine` vs a plain bf16 causal-LM step on as many tokens. Prompt 256, responses
    128, 8 lists per step, ref log-probs carried by the data. The matrix, most important first (the tail is
    dropped if a budget runs out):
@@ -26,8 +34,8 @@ setting, so a run killed by the outer timeout still leaves what it measured.
    processed token, N = matmul (non-embedding) parameters, against the dense bf16 peak (989e12 on an H200).
    Estimated on an H200 (about 40-50% of 989 TFLOP/s in the dense parts): a 0.48B step takes 0.05-0.25 s and a
    1.26B step 0.15-0.6 s, so each setting is dominated by model/engine construction and the first-step
-   compile (~5-20 s): 1.26B ~70-100 s, 0.48B ~100-140 s.
-4. trl (65 s; benchmarks/gpu_trl.py): lipo vs TRL DPOTrainer at 0.48B, K=2 pair tokens/s and K=8 all-pairs
+   compile (~5-20 s): 1.26B ~70-100 s, 0.48B ~100-140 s, so the tail of either matrix may be dropped.
+5. trl (65 s; benchmarks/gpu_trl.py): lipo vs TRL DPOTrainer at 0.48B, K=2 pair tokens/s and K=8 all-pairs
    supervision/s. "unavailable" (not an error) if trl does not import.
 Then the targets (gpu_report.targets; a missed speed target is not an error) and the table.
 
@@ -56,7 +64,7 @@ from gpu_common import ROOT, Ctx, Deadline, PartTimeout, Recorder, release, spec
 from gpu_report import markdown, targets, update_docs
 
 TOTAL_S = 430  # the shell's hard timeout is 450 s: leave time for the report
-BUDGETS = {"parity": 90, "mfu_1.26B": 110, "mfu_0.48B": 130, "trl": 65}
+BUDGETS = {"parity": 90, "generation": 50, "mfu_1.26B": 90, "mfu_0.48B": 100, "trl": 65}  # sum 395: ~35 s spare
 
 
 def init_distributed(cuda: bool) -> None:
@@ -186,6 +194,7 @@ def main() -> int:
 
 
 def run_parts(rec: Recorder, ctx: Ctx, parts: list[str], parity_attns: list[str], total: Deadline) -> None:
+    from gpu_generation import generation
     from gpu_mfu import mfu
     from gpu_parity import parity
     from gpu_trl import trl_vs_lipo
@@ -194,9 +203,11 @@ def run_parts(rec: Recorder, ctx: Ctx, parts: list[str], parity_attns: list[str]
     rec.data["matrix"] = {"mfu_1.26B": "ceiling K=8; K=8 packed/unpacked Z2; K=2 packed/unpacked Z2; K=8 packed Z3",
                           "mfu_0.48B": "ceilings K=8, K=2; K {8,2} x packed/unpacked x ZeRO {2,3}; K=8 packed Z2 sdpa",
                           "parity": f"0.48B, 2 lists of K=8, fp32 + bf16, {'/'.join(parity_attns)}",
+                          "generation": "0.48B bf16, 32 prompts x K=8, prompt 256, 128 new (lipo before: 8), T=1.0",
                           "warmup_steps": warm, "timed_steps": {"0.48B": steps, "1.26B": max(1, steps - 1)}}
-    calls = {"parity": (parity, parity_attns), "mfu_1.26B": (mfu, "1.26B", max(1, steps - 1), warm),
-             "mfu_0.48B": (mfu, "0.48B", steps, warm), "trl": (trl_vs_lipo, steps)}
+    calls = {"parity": (parity, parity_attns), "generation": (generation,),
+             "mfu_1.26B": (mfu, "1.26B", max(1, steps - 1), warm), "mfu_0.48B": (mfu, "0.48B", steps, warm),
+             "trl": (trl_vs_lipo, steps)}
     for name in parts:
         fn, *extra = calls[name]
         run_part(rec, name, BUDGETS[name] * (3 if ctx.smoke else 1), total, fn, ctx, *extra)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# GPU suite of issue 13 (benchmarks/gpu_check.py): packed/unpacked parity (log-probs + gradients, fp32 + bf16,
-# sdpa + flex), MFU and peak memory of lipo's DeepSpeed step for a 0.48B and a 1.26B Llama next to a plain-LM
-# ceiling, and lipo vs TRL DPO. One H200: about 6 minutes, hard stop at 450 s.
+# GPU suite of issues 13-14 (benchmarks/gpu_check.py): packed/unpacked parity (log-probs + gradients, fp32 + bf16,
+# sdpa + flex), lipo's sampler vs model.generate (0.48B bf16, 256 rows), MFU and peak memory of lipo's DeepSpeed step
+# for a 0.48B and a 1.26B Llama next to a plain-LM ceiling, and lipo vs TRL DPO. One H200: about 6-7 minutes, hard
+# stop at 450 s.
 #
 #   bash benchmarks/gpu_check.sh [gpu_check.py options]      # --smoke: CPU code-path check; --perturb-parity
 #

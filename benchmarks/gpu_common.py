@@ -143,6 +143,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def timed(ctx: "Ctx", fn) -> float:
+    """Wall seconds of fn() between device syncs."""
+    sync(ctx.device)
+    t0 = time.perf_counter()
+    fn()
+    sync(ctx.device)
+    return time.perf_counter() - t0
+
+
 def reset_peak(ctx: Ctx) -> dict:
     """Start a setting's memory reading; returns what is still allocated from earlier settings (a leak check)."""
     if not ctx.cuda:

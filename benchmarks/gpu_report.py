@@ -57,6 +57,9 @@ def targets(data: dict) -> list[dict]:
     k2 = data.get("trl", {}).get("k2")
     out.append(_target("lipo / TRL tokens/s at K=2", k2.get("ratio_lipo_vs_trl_tokens_per_s")
                        if isinstance(k2, dict) else None, 1.2))
+    lipo_gen = data.get("generation", {}).get("samplers", {}).get("lipo", {})
+    out.append(_target("lipo >= 1.0x generate tokens/s (0.48B bf16, 256 rows)", lipo_gen.get("ratio_vs_generate"),
+                       1.0))
     return out
 
 
@@ -82,6 +85,29 @@ def mfu_rows(data: dict) -> list[list]:
                      "-" if s.get("mfu") is None else f"{100 * s['mfu']:.1f}%", _f(s.get("mfu_over_ceiling"), ".2f"),
                      _f(s.get("peak_allocated_gib"), ".1f"), _f(s.get("collate_s_median"), ".3f")])
     return rows
+
+
+def generation_md(gen: dict) -> list[str]:
+    """Sampled tokens/s per sampler (and the greedy check); nothing if the part did not run."""
+    samplers = gen.get("samplers", {})
+    if not samplers:
+        return []
+    rows = [[name, s.get("new_tokens"), f"{s['tokens_per_s']:,.0f}",
+             "-" if s.get("ratio_vs_generate") is None else f"{s['ratio_vs_generate']:.2f}x"]
+            for name, s in samplers.items()]
+    head = (f"Sampling, {gen.get('model')} {gen.get('dtype')}: {gen.get('prompts')} prompts x K={gen.get('K')} = "
+            f"{gen.get('rows')} rows, {gen.get('prompt_tokens')}-token prompts, temperature {gen.get('temperature')}, "
+            f"top-p {gen.get('top_p')}, EOS off; wall-clock medians of alternated calls (`lipo before`: fewer new "
+            f"tokens, not compared):")
+    out = [head, table(["sampler", "new tokens", "tokens/s", "/ generate"], rows)]
+    checks = [g for g in (gen.get("greedy"), gen.get("greedy_fp32")) if g]
+    if checks:
+        out.append("Greedy lipo vs greedy generate: " + "; ".join(
+            f"{100 * g['equal_fraction']:.1f}% equal tokens ({g['dtype']}, {g['rows']} rows x {g['new_tokens']})"
+            for g in checks) + ".")
+    if gen.get("skipped"):
+        out.append(f"Sampling skipped: {'; '.join(gen['skipped'])}")
+    return out
 
 
 def markdown(data: dict) -> str:
@@ -114,6 +140,7 @@ def markdown(data: dict) -> str:
             parts.append(f"K=8 all-pairs supervision: lipo {k8['lipo']['supervised_pairs_per_s']:,.0f} vs TRL "
                          f"{k8['trl']['supervised_pairs_per_s']:,.0f} pairs/s "
                          f"({k8['ratio_lipo_vs_trl_pairs_per_s']:.1f}x).")
+    parts += generation_md(data.get("generation", {}))
     verdict = {True: "pass", False: "miss", None: "not measured"}
     trow = [[t["target"], _f(t["value"]), t["threshold"], verdict[t["pass"]]] for t in data.get("targets", [])]
     parts += ["Targets:", table(["target", "value", "threshold", ""], trow)]

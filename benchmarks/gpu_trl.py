@@ -22,12 +22,11 @@ import copy
 import os
 import shutil
 import tempfile
-import time
 from contextlib import nullcontext
 
 import torch
 
-from gpu_common import Ctx, Deadline, Recorder, build_model, median, sync
+from gpu_common import Ctx, Deadline, Recorder, build_model, median, timed
 from lipo.models.tiny import byte_tokenizer
 
 import vs_trl  # noqa: E402,F401  (its helpers are imported where used; trl itself only inside them)
@@ -58,14 +57,6 @@ def lipo_step(ctx: Ctx, model, ref, opt, items, objective: str) -> None:
         loss = lipo_loss(model, ref, items, objective)
     loss.backward()
     optimizer_step(model, opt)
-
-
-def timed(ctx: Ctx, fn) -> float:
-    sync(ctx.device)
-    t0 = time.perf_counter()
-    fn()
-    sync(ctx.device)
-    return time.perf_counter() - t0
 
 
 def alternate(ctx: Ctx, fns: dict, batches: list, reps: int, deadline: Deadline) -> dict[str, list[float]]:

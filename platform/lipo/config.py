@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -21,6 +21,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from lipo.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+
+# A model's weights dtype in an inference stage's config; `auto`: bf16 on a GPU, fp32 on CPU
+# (`lipo.models.loading.torch_dtype`).
+DType = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 class Strict(BaseModel):

@@ -2,9 +2,10 @@
 
 Run: pytest tests/benchmarks/test_gpu_check_smoke.py      (two subprocesses, about 40 s on 2 cores)
 
-A subset of the parts keeps it short: the 1.26B MFU matrix (engine, ceiling, targets, table, docs copy) and the TRL
-part (recorded as unavailable where trl is not installed), then the parity part with one packed log-prob shifted,
-which must exit 1. Parity runs sdpa only here: FlexAttention compiles slowly on a CPU.
+A subset of the parts keeps it short: the sampling part (generate vs lipo vs the old sampler, the greedy check), the
+1.26B MFU matrix (engine, ceiling, targets, table, docs copy) and the TRL part (recorded as unavailable where trl is
+not installed), then the parity part with one packed log-prob shifted, which must exit 1. Parity runs sdpa only here:
+FlexAttention compiles slowly on a CPU.
 """
 
 from __future__ import annotations
@@ -40,13 +41,18 @@ def run(tmp_path: Path, *args: str) -> tuple[int, dict]:
 
 @pytest.mark.slow
 def test_smoke_reports_and_perturbed_parity_fails(tmp_path):
-    rc, data = run(tmp_path / "ok", "--parts", "mfu_1.26B,trl")
+    rc, data = run(tmp_path / "ok", "--parts", "generation,mfu_1.26B,trl")
     assert rc == 0, data.get("error")
     assert "error" not in data
     kinds = {(s["kind"], s["K"], s.get("packing"), s.get("zero_stage")) for s in data["mfu"]["settings"]}
     assert ("ceiling", 8, None, None) in kinds and ("lipo", 8, True, 2) in kinds and ("lipo", 8, False, 2) in kinds
     assert {t["target"] for t in data["targets"]} >= {"1.26B K=8 packed ZeRO-2 MFU", "lipo / TRL tokens/s at K=2"}
     assert data["trl"]["status"] in ("unavailable", "done")
+    gen = data["generation"]
+    assert gen["status"] == "done" and gen["lipo_shape_ok"] and gen["greedy"]["equal_fraction"] >= 0.9
+    assert set(gen["samplers"]) == {"generate", "lipo", "lipo before"}, gen["skipped"]
+    assert gen["samplers"]["lipo"]["ratio_vs_generate"] > 0
+    assert "lipo >= 1.0x generate tokens/s (0.48B bf16, 256 rows)" in {t["target"] for t in data["targets"]}
     assert json.loads((tmp_path / "ok" / "gpu_check.json").read_text())["mfu"] == data["mfu"]
     doc = (tmp_path / "ok" / "benchmarks.md").read_text()
     assert "<!-- gpu_check:begin -->" in doc and "## Packing" in doc  # the section replaced, the rest kept

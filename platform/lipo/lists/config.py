@@ -20,11 +20,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from lipo.config import Strict, config_hash
+from lipo.config import DType, Strict, config_hash
 from lipo.labels import LabelName
 
 ScorerName = Literal["pointwise", "pairwise", "function", "existing"]
-DType = Literal["float32", "bfloat16", "float16"]
 _FUNCTION_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _RESERVED_FIELDS = {"id", "prompt", "prompt_messages", "reference", "responses"}
 
@@ -41,7 +40,7 @@ class InputConfig(Strict):
 class GenerateConfig(Strict):
     engine: Literal["hf", "vllm"] = "hf"  # vllm: ray.data.llm, GPU only, needs `pip install vllm`
     model: str = "builtin:tiny-llama"  # the SFT policy
-    dtype: DType = "float32"
+    dtype: DType = "auto"  # auto: bf16 on a GPU, fp32 on CPU
     num_candidates: int = Field(4, ge=2)  # K
     temperature: float = Field(1.0, ge=0)  # 0 = greedy
     top_k: int = Field(0, ge=0)  # 0 = off
@@ -55,8 +54,11 @@ class GenerateConfig(Strict):
 class ScoreConfig(Strict):
     name: ScorerName
     model: str | None = None  # pointwise / pairwise: reward model spec (HF dir, hub id, builtin:tiny-reward)
-    dtype: DType = "float32"
+    dtype: DType = "auto"  # auto: bf16 on a GPU, fp32 on CPU
     max_tokens: int = Field(1024, ge=1)  # reward model input limit; the END of a too-long text is kept
+    # pointwise / pairwise: sequences per reward-model forward (texts for pointwise, ordered pairs for pairwise),
+    # filled across the lists of a micro-batch (resources.score.batch_size prompts) in token-length order.
+    max_batch_size: int = Field(32, ge=1)
     # pairwise: the text the ranking model reads, with {prompt}, {a}, {b}; null: lipo.models.templates'
     # DEFAULT_PAIR_TEMPLATE (null, not the text itself, so that existing outputs keep their config hash).
     pair_template: str | None = None
@@ -87,7 +89,7 @@ class LabelConfig(Strict):
 
 class ReferenceConfig(Strict):
     model: str | None = None  # default: generate.model (the SFT policy is the reference)
-    dtype: DType = "float32"
+    dtype: DType = "auto"  # auto: bf16 on a GPU, fp32 on CPU
     # auto: flex_attention on a GPU (packed lists without a dense mask), sdpa on CPU (lipo.models.attention)
     attn_implementation: Literal["auto", "sdpa", "eager", "flex_attention"] = "auto"
     max_response_tokens: int = Field(256, ge=1)  # = the train config's data.max_response_tokens
@@ -158,8 +160,10 @@ class BuildListsConfig(Strict):
 def identity_hash(cfg: BuildListsConfig) -> str:
     """Hash of what decides the output: everything but where it goes, how it is run and where it is tracked.
 
-    Pool sizes, CPUs, GPUs, batch sizes, the output directory and tracking may change between a run and its resume.
+    Pool sizes, CPUs, GPUs, batch sizes (`score.max_batch_size` too), the output directory and tracking may change
+    between a run and its resume.
     """
     neutral = cfg.model_copy(update={"resources": ResourcesConfig(), "tracking": TrackingConfig(),
+                                     "score": cfg.score.model_copy(update={"max_batch_size": 1}),
                                      "output": cfg.output.model_copy(update={"dir": "", "sample_rows": 0})})
     return config_hash(neutral)

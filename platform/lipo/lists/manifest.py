@@ -56,7 +56,7 @@ MANIFEST_NAME = "_manifest.json"
 STATE_DIR = "_build"
 STAT_KEYS = ("labels", "rewards", "ref_logps", "list_size")
 # Keys that may change between a run and its resume (see `lipo.lists.config.identity_hash`).
-_NEUTRAL_PREFIXES = ("resources.", "tracking.", "output.dir", "output.sample_rows")
+_NEUTRAL_PREFIXES = ("resources.", "tracking.", "output.dir", "output.sample_rows", "score.max_batch_size")
 
 
 def _changed_keys(old: dict, new: dict) -> list[str]:

@@ -7,13 +7,19 @@ list of floats per row, aligned with `responses`; `build_scorer` picks the facto
   one) and returns one scalar (`lipo.models.reward.pointwise_text` / `classify`).
 - `pairwise`: the paper's pairwise ranking model reads every ordered pair (y_i, y_j) through `score.pair_template`;
   both orders are averaged to remove position bias, and the score of y_k is its win rate
-  psi_k = (1/K) sum_i P(y_k beats y_i), counting (k, k) as 0.5 (`lipo.models.reward.pairwise_matrix`).
+  psi_k = (1/K) sum_i P(y_k beats y_i), counting (k, k) as 0.5 (`lipo.models.reward.pairwise_matrices`).
+
+The two model scorers batch across lists: every text of the micro-batch (sum_b K_b for pointwise, sum_b K_b (K_b - 1)
+ordered pairs for pairwise) is tokenised once, sorted by token length, and run in forwards of `score.max_batch_size`
+sequences, whatever list each comes from; the scores come back in the rows' order.
 - `function`: a Python callable `module:func`, called as `func(prompt, response, **score.function_kwargs)` (plus
   `reference=` with `score.pass_reference`), for verifiable rewards. It must return a real number.
 - `existing`: the numbers already in the input column `score.field` (labels or ratings).
 
     scorer = build_scorer(cfg.score, device="cpu")
     scores = scorer(rows)   # [[s_1, ..., s_K] per row]; the caller sizes `rows` (resources.score.batch_size)
+
+Tests: `python -m pytest -q tests/lipo/lists/test_scorers.py`; throughput: `python benchmarks/reward_scoring.py`.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any, Protocol
 from lipo.data.records import prompt_of
 from lipo.errors import LipoError
 from lipo.lists.config import ScoreConfig, ScorerName
-from lipo.models.reward import classify, pairwise_matrix, pointwise_text, winrate_labels
+from lipo.models.reward import classify, pairwise_matrices, pointwise_text, winrate_labels
 from lipo.models.reward_loading import load_reward_model
 from lipo.models.templates import DEFAULT_PAIR_TEMPLATE
 
@@ -56,32 +62,35 @@ def reference_similarity(prompt: Any, response: str, reference: str | None = Non
     return difflib.SequenceMatcher(None, response.strip(), reference.strip()).ratio()
 
 
+def split_by_list(flat: list[float], rows: list[dict[str, Any]]) -> list[list[float]]:
+    """[sum K] scores back to one [K] list per row, in the rows' order."""
+    out, at = [], 0
+    for r in rows:
+        out.append(flat[at:at + len(r["responses"])])
+        at += len(r["responses"])
+    return out
+
+
 class PointwiseScorer:
-    def __init__(self, model, tokenizer, max_tokens: int):
-        self.model, self.tokenizer, self.max_tokens = model, tokenizer, max_tokens
+    def __init__(self, model, tokenizer, max_tokens: int, max_batch_size: int = 32):
+        self.model, self.tokenizer, self.max_tokens, self.max_batch_size = model, tokenizer, max_tokens, max_batch_size
 
     def __call__(self, rows: list[dict[str, Any]]) -> list[list[float]]:
-        # one classifier pass over every (prompt, response) of the micro-batch, then split back per list
+        # every (prompt, response) of the micro-batch, in forwards of max_batch_size, then split back per list
         texts = [pointwise_text(prompt_of(r), y, self.tokenizer) for r in rows for y in r["responses"]]
-        flat = classify(self.model, self.tokenizer, texts, self.max_tokens, max(1, len(texts))).tolist()  # [sum K]
-        out, i = [], 0
-        for r in rows:
-            out.append(flat[i:i + len(r["responses"])])
-            i += len(r["responses"])
-        return out
+        flat = classify(self.model, self.tokenizer, texts, self.max_tokens, self.max_batch_size).tolist()  # [sum K]
+        return split_by_list(flat, rows)
 
 
 class PairwiseScorer:
-    def __init__(self, model, tokenizer, template: str, max_tokens: int):
-        self.model, self.tokenizer, self.template, self.max_tokens = model, tokenizer, template, max_tokens
+    def __init__(self, model, tokenizer, template: str, max_tokens: int, max_batch_size: int = 32):
+        self.model, self.tokenizer, self.template = model, tokenizer, template
+        self.max_tokens, self.max_batch_size = max_tokens, max_batch_size
 
     def __call__(self, rows: list[dict[str, Any]]) -> list[list[float]]:
-        out = []
-        for r in rows:
-            P = pairwise_matrix(self.model, self.tokenizer, prompt_of(r), r["responses"], self.template,
-                                self.max_tokens)  # [K, K], P[i, j] = P(y_i beats y_j), debiased
-            out.append(winrate_labels(P).tolist())  # [K]
-        return out
+        Ps = pairwise_matrices(self.model, self.tokenizer, [(prompt_of(r), r["responses"]) for r in rows],
+                               self.template, self.max_tokens, self.max_batch_size)  # [K, K] per row, debiased
+        return [winrate_labels(P).tolist() for P in Ps]  # [K] per row
 
 
 class FunctionScorer:
@@ -111,12 +120,13 @@ class ExistingScorer:
 
 def _pointwise(cfg: ScoreConfig, device: str) -> Scorer:
     model, tok = load_reward_model(cfg.model, cfg.dtype)
-    return PointwiseScorer(model.to(device), tok, cfg.max_tokens)
+    return PointwiseScorer(model.to(device), tok, cfg.max_tokens, cfg.max_batch_size)
 
 
 def _pairwise(cfg: ScoreConfig, device: str) -> Scorer:
     model, tok = load_reward_model(cfg.model, cfg.dtype)
-    return PairwiseScorer(model.to(device), tok, cfg.pair_template or DEFAULT_PAIR_TEMPLATE, cfg.max_tokens)
+    return PairwiseScorer(model.to(device), tok, cfg.pair_template or DEFAULT_PAIR_TEMPLATE, cfg.max_tokens,
+                          cfg.max_batch_size)
 
 
 def _function(cfg: ScoreConfig, device: str) -> Scorer:

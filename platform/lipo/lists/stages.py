@@ -82,7 +82,8 @@ class GenerateStage:
     def __init__(self, cfg: dict[str, Any]):
         self.cfg = BuildListsConfig.model_validate(cfg)
         g, res = self.cfg.generate, self.cfg.resources.generate
-        self.model = load_causal_lm(g.model, g.dtype).to(_device(res.num_gpus))
+        device = _device(res.num_gpus)
+        self.model = load_causal_lm(g.model, g.dtype, cuda=device == "cuda").to(device)
         self.tokenizer = load_tokenizer(g.model)
         self.params = SamplingParams(g.temperature, g.top_k, g.top_p, g.max_new_tokens, tuple(g.stop))
         self.batch_size = res.batch_size

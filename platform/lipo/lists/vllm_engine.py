@@ -50,7 +50,7 @@ def vllm_generate(ds, cfg: BuildListsConfig):
 
     processor = build_processor(
         vLLMEngineProcessorConfig(model_source=g.model, batch_size=res.batch_size, concurrency=res.concurrency,
-                                  engine_kwargs={"dtype": g.dtype}),
+                                  engine_kwargs={"dtype": "bfloat16" if g.dtype == "auto" else g.dtype}),
         postprocess=lambda row: {**{c: row.get(c) for c in WORK_SCHEMA.names}, "sample": row["sample"],
                                  "text": row.get("generated_text")},
     )

@@ -1,19 +1,44 @@
-"""Seeded, batched sampling from a causal LM: the one sampler behind build-lists, Serve and evaluation.
-
-Each prompt owns a `torch.Generator` seeded from its own seed, so its samples do not depend on which other prompts
-share the batch or on the global RNG. Prompts are left-padded and decoded together with a KV cache.
+"""Seeded, batched sampling from a causal LM, on the model's device: the one sampler behind build-lists, Serve and
+evaluation.
 
     texts = sample(model, tok, ["Reverse: abc"], n=4, seeds=[17], params=SamplingParams(temperature=1.0))
+
+How it stays fast and reproducible:
+- **Counter-based randomness.** Row i at step t draws one uniform u = hash(seed_i, t) (a 32-bit integer mix,
+  `row_uniforms`) and picks its token by inverting the CDF of its filtered distribution. A row's sample depends
+  only on its seed and its own logits, never on the other rows of the batch, the global RNG or the device; and
+  every step is a handful of batched tensor ops on the device, with no per-row Python and no logits copied to the
+  host. (A `torch.Generator` per row would force a loop over rows.) The randomness is batch-free everywhere; the
+  logits are exactly batch-free on CPU in fp32 (tested), while GPU kernels may pick other reduction orders for
+  another batch shape, and a bf16 logit that moves across a CDF boundary changes that token.
+- **One prefill per distinct prompt.** Rows with the same prompt ids (the K samples of one prompt) are prefilled
+  once; the KV cache is then expanded to the rows (`Cache.batch_select_indices`). Only caches made of attention
+  key/value layers (full or sliding-window) are expanded; a model with recurrent or convolution state layers
+  (linear-attention hybrids) prefills every row. The prefill computes logits at the last position only
+  (`logits_to_keep=1`).
+- **Few host syncs.** Tokens stay on the device until the end; "are all rows done?" is asked every
+  `STOP_CHECK_EVERY` steps on a GPU (each ask stalls the launch queue), every step on the CPU (free there).
+- **Both cache APIs.** transformers < 5.24 takes `past_key_values=`, later releases `cache=`; the keyword is read
+  from the model's signature once per call. The cache object is made here and updated in place, so no output field
+  is read.
+
+Run its tests: `pytest tests/lipo/models/test_generate.py`; its speed against `model.generate`:
+`python benchmarks/generation.py`.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from lipo.data.tokenize import encode_prompt
+from lipo.models.attention import unwrap
+
+STOP_CHECK_EVERY = 8  # GPU steps between "all rows done?" syncs; up to 7 wasted steps once every row has ended
+_M32 = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -25,18 +50,58 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
 
 
-def _filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
-    """Temperature, top-k and top-p (nucleus) filtering of [N, V] logits."""
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 for int64 x in [0, 2^32), in 16-bit halves of c so no product leaves int64's range."""
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & _M32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer finaliser (xor-shift-multiply; constants from Wellons' "lowbias32")."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def row_uniforms(seeds: torch.Tensor, step: int) -> torch.Tensor:
+    """One uniform in (0, 1) per row from (seed, step) alone: [N] int64 -> [N] float32, on the seeds' device."""
+    h = _mix32((seeds & _M32) ^ 0x9E3779B9)
+    h = _mix32(h ^ ((seeds >> 32) & _M32))
+    h = _mix32(h ^ (step & _M32))
+    return ((h >> 9).float() + 0.5) / float(1 << 23)  # 23 bits: exact in fp32, never 0 or 1
+
+
+def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+    """Temperature, top-k and top-p (nucleus) filtering of [N, V] logits; filtered tokens get -inf. Top-p keeps the
+    tokens, most probable first, while the mass before them does not exceed top_p: the token that crosses top_p
+    stays, and the most probable token always does."""
     logits = logits / max(p.temperature, 1e-6)
     if p.top_k > 0:
         kth = torch.topk(logits, min(p.top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # [N, 1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if p.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-        drop = cum - torch.softmax(sorted_logits, dim=-1) > p.top_p  # keep the token that crosses top_p
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)  # [N, V]
+        probs = torch.softmax(sorted_logits, dim=-1)
+        drop = probs.cumsum(-1) - probs > p.top_p  # mass before this token already reaches top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     return logits
+
+
+def draw(logits: torch.Tensor, p: SamplingParams, seeds: torch.Tensor, step: int) -> torch.Tensor:
+    """The next token of each row: [N, V] logits -> [N] ids; argmax when temperature is 0, else the inverse CDF of
+    the filtered distribution at the row's uniform: the first token whose CDF reaches u (u > 0, so a token of zero
+    probability is skipped). Where a parallel GPU cumsum is not exactly monotone, the search could land on a filtered
+    token; that row takes its most probable token instead (odds of order 2^-24 per draw)."""
+    if p.temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(filter_logits(logits.float(), p), dim=-1)  # [N, V]
+    cdf = probs.cumsum(-1)  # [N, V]
+    u = row_uniforms(seeds, step).unsqueeze(-1) * cdf[:, -1:]  # [N, 1]
+    idx = torch.searchsorted(cdf, u).clamp(max=logits.shape[-1] - 1)  # [N, 1]: first index with cdf >= u
+    ok = probs.gather(-1, idx) > 0  # [N, 1]
+    return torch.where(ok, idx, probs.argmax(-1, keepdim=True)).squeeze(-1)
 
 
 def truncate_at_stop(text: str, stop: tuple[str, ...]) -> str:
@@ -44,48 +109,90 @@ def truncate_at_stop(text: str, stop: tuple[str, ...]) -> str:
     return text[:cut] if cut >= 0 else text
 
 
+def _forward_keywords(model) -> tuple[str, bool]:
+    """The cache keyword the model's forward takes (`cache` from transformers 5.24, `past_key_values` before), and
+    whether it takes `logits_to_keep`."""
+    params = inspect.signature(unwrap(model).forward).parameters
+    return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids and attention mask ([U, W] each): the next token is always at the last column."""
+    width = max(len(x) for x in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        attn[i, width - len(row):] = 1
+    return ids.to(device), attn.to(device)
+
+
+def _expandable(cache) -> bool:
+    """Whether every layer of the cache holds only attention keys/values, so rows can be selected by indexing them
+    (linear-attention and convolution layers carry states that `batch_select_indices` does not copy)."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    return all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in getattr(cache, "layers", [None]))
+
+
+def _prefill(model, prompt_ids: list[list[int]], pad_id: int, device, keywords: tuple[str, bool]):
+    """Prefill each distinct prompt once and expand the cache to the rows: the cache, the rows' last logits [N, V],
+    their attention mask [N, W] and next positions [N, 1]."""
+    from transformers import DynamicCache
+
+    cache_kw, keep_kw = keywords
+    cache = DynamicCache(config=unwrap(model).config)
+    share = _expandable(cache)
+    unique: dict[tuple[int, ...], int] = {}
+    row_of = [unique.setdefault(tuple(r) if share else (i,), len(unique)) for i, r in enumerate(prompt_ids)]
+    firsts = {u: r for r, u in reversed(list(enumerate(row_of)))}  # distinct prompt -> its first row
+    ids, attn = _left_pad([prompt_ids[firsts[u]] for u in range(len(unique))], pad_id, device)  # [U, W]
+    extra = {"logits_to_keep": 1} if keep_kw else {}
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)  # [U, W]
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions, use_cache=True,
+                   **{cache_kw: cache}, **extra).logits[:, -1, :]  # [U, V]
+    if len(unique) < len(prompt_ids):
+        index = torch.tensor(row_of, dtype=torch.long, device=device)  # [N]
+        cache.batch_select_indices(index)
+        logits, attn, positions = logits[index], attn[index], positions[index]
+    return cache, logits, attn, positions[:, -1:] + 1
+
+
+def _check_every(device: torch.device) -> int:
+    return STOP_CHECK_EVERY if device.type == "cuda" else 1
+
+
 @torch.no_grad()
 def sample_ids(model, prompt_ids: list[list[int]], seeds: list[int], p: SamplingParams, pad_id: int,
                eos_id: int) -> list[list[int]]:
-    """One completion (token ids, EOS excluded) per prompt row, each row with its own generator."""
+    """One completion (token ids, EOS excluded) per prompt row; row i's draws depend only on seeds[i] and its own
+    prompt. Rows may repeat a prompt: each distinct prompt is prefilled once."""
     device = next(model.parameters()).device
-    n, width = len(prompt_ids), max(len(x) for x in prompt_ids)
-    ids = torch.full((n, width), pad_id, dtype=torch.long, device=device)
-    attn = torch.zeros((n, width), dtype=torch.long, device=device)
-    for i, row in enumerate(prompt_ids):  # left padding: the next token is always at the last column
-        ids[i, width - len(row):] = torch.tensor(row, device=device)
-        attn[i, width - len(row):] = 1
-    gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-    out: list[list[int]] = [[] for _ in range(n)]
-    done = torch.zeros(n, dtype=torch.bool)
-    past, step_ids = None, ids
-    positions = (attn.cumsum(-1) - 1).clamp(min=0)
-    for _ in range(p.max_new_tokens):
-        res = model(input_ids=step_ids, attention_mask=attn, position_ids=positions, cache=past,
-                    use_cache=True)
-        past, logits = res.cache, res.logits[:, -1, :].float().cpu()  # [N, V]
-        if p.temperature == 0:
-            nxt = logits.argmax(-1)
-        else:
-            probs = torch.softmax(_filter_logits(logits, p), dim=-1)
-            nxt = torch.stack([torch.multinomial(probs[i], 1, generator=gens[i])[0] for i in range(n)])
-        for i in range(n):
-            if not done[i]:
-                if int(nxt[i]) == eos_id:
-                    done[i] = True
-                else:
-                    out[i].append(int(nxt[i]))
-        if bool(done.all()):
+    n = len(prompt_ids)
+    keywords = _forward_keywords(model)
+    cache, logits, attn, positions = _prefill(model, prompt_ids, pad_id, device, keywords)  # [N, V], [N, W], [N, 1]
+    cache_kw = keywords[0]
+    row_seeds = torch.tensor([int(s) for s in seeds], dtype=torch.long, device=device)  # [N]
+    check_every = _check_every(device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    steps: list[torch.Tensor] = []  # [N] per step
+    for t in range(p.max_new_tokens):
+        nxt = draw(logits, p, row_seeds, t)  # [N]
+        steps.append(nxt)
+        done |= nxt == eos_id
+        if t + 1 == p.max_new_tokens or ((t + 1) % check_every == 0 and bool(done.all())):
             break
-        step_ids = nxt.to(device).unsqueeze(-1)
-        attn = torch.cat([attn, torch.ones((n, 1), dtype=attn.dtype, device=device)], dim=-1)
-        positions = positions[:, -1:] + 1
-    return out
+        attn = torch.cat([attn, attn.new_ones((n, 1))], dim=-1)  # [N, W + t + 1]
+        logits = model(input_ids=nxt.unsqueeze(-1), attention_mask=attn, position_ids=positions, use_cache=True,
+                       **{cache_kw: cache}).logits[:, -1, :]  # [N, V]
+        positions = positions + 1
+    tokens = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(n)]  # [N, T]: one host copy
+    return [row[:row.index(eos_id)] if eos_id in row else row for row in tokens]
 
 
 def sample(model, tokenizer, prompts: list[Any], n: int, seeds: list[int], params: SamplingParams,
            max_prompt_tokens: int = 512) -> list[list[str]]:
-    """`n` completions for each prompt (text or chat messages); completion j of prompt i uses seed seeds[i]+j."""
+    """`n` completions for each prompt (text or chat messages); completion j of prompt i uses seed seeds[i]*1000+j."""
     encoded = [encode_prompt(pr, tokenizer)[-max_prompt_tokens:] for pr in prompts]
     rows = [e for e in encoded for _ in range(n)]
     row_seeds = [s * 1000 + j for s in seeds for j in range(n)]

@@ -31,6 +31,15 @@ BUILTINS = ("builtin:tiny-llama", "builtin:tiny-llama-chat")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def torch_dtype(name: str, cuda: bool | None = None) -> torch.dtype:
+    """The dtype a config's `dtype` names. `auto` (the inference default) is bf16 where the model runs on a GPU, as
+    its fast kernels compute in bf16 at half the memory, and fp32 on CPU, where bf16 matmuls are slower and tests
+    compare in fp32. `cuda=None` asks torch whether this process sees a GPU (Ray hides GPUs from CPU actors)."""
+    if name == "auto":
+        return torch.bfloat16 if (torch.cuda.is_available() if cuda is None else cuda) else torch.float32
+    return DTYPES[name]
+
+
 def _looks_local(spec: str) -> bool:
     return spec.startswith(("/", "./", "../", "~")) or os.path.exists(spec) or spec.count("/") > 1
 
@@ -59,11 +68,14 @@ def load_tokenizer(spec: str):
     return tok
 
 
-def load_causal_lm(spec: str, dtype: str = "float32", attn_implementation: str = "sdpa", cuda: bool = False,
+def load_causal_lm(spec: str, dtype: str = "float32", attn_implementation: str = "sdpa", cuda: bool | None = None,
                    zero3: dict | None = None):
     """A causal LM in `dtype`, in eval mode, partitioned when given a ZeRO-3 config; builtin models are built in
-    memory from a fixed seed. `attn_implementation="auto"` is resolved for a GPU (`cuda`) or a CPU: flex_attention
-    on a GPU where the architecture has a flex path in transformers, else sdpa."""
+    memory from a fixed seed. `cuda`: whether it will run on a GPU (None: whether this process sees one); it
+    resolves `dtype="auto"` and `attn_implementation="auto"` (flex_attention on a GPU where the architecture has a
+    flex path in transformers, else sdpa)."""
+    if cuda is None:
+        cuda = torch.cuda.is_available()
     if attn_implementation == "auto":
         want = resolve_attn_implementation("auto", cuda)
         try:
@@ -74,12 +86,12 @@ def load_causal_lm(spec: str, dtype: str = "float32", attn_implementation: str =
             return load_causal_lm(spec, dtype, "sdpa", cuda, zero3)
     if spec.startswith("builtin:"):
         def build():
-            return tiny_llama(seed=0, attn_implementation=attn_implementation).to(DTYPES[dtype])
+            return tiny_llama(seed=0, attn_implementation=attn_implementation).to(torch_dtype(dtype, cuda))
 
         return (partitioned_builtin(build, zero3) if zero3 else build()).eval()
     path = str(Path(spec).expanduser()) if _looks_local(spec) else spec
     with zero3_construction(zero3):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype],
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype, cuda),
                                                      attn_implementation=attn_implementation)
     return model.eval()
 
@@ -170,12 +182,12 @@ def load_sequence_classifier(spec: str, dtype: str = "float32", zero3: dict | No
     """
     if spec.startswith("builtin:"):
         def build():
-            return tiny_reward_model(seed=0).to(DTYPES[dtype])
+            return tiny_reward_model(seed=0).to(torch_dtype(dtype))
 
         return (partitioned_builtin(build, zero3) if zero3 else build()).eval()
     path = str(Path(spec).expanduser()) if _looks_local(spec) else spec
     with zero3_construction(zero3):
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=DTYPES[dtype])
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch_dtype(dtype))
     if model.config.pad_token_id is None:  # the head reads the last non-pad token, so it needs the pad id
         model.config.pad_token_id = load_tokenizer(spec).pad_token_id
     return model.eval()

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from lipo.config import Strict
+from lipo.config import DType, Strict
 
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 
@@ -82,7 +82,7 @@ class PolicyConfig(Strict):
     # `models:/NAME/VERSION` or `runs:/RUN_ID/model` (the training stage logs its HF dir under `model/`).
     model: str = "builtin:tiny-llama"
     name: str = ""  # the OpenAI `model` id; default "policy" (or "baseline" for the baseline slot)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: DType = "auto"  # auto: bf16 on a GPU, fp32 on CPU
     max_prompt_tokens: int = Field(512, ge=1)  # longer prompts keep their end, as in training
     batch: BatchConfig = BatchConfig()
     deployment: DeploymentConfig = DeploymentConfig()
@@ -97,6 +97,7 @@ class RewardConfig(Strict):
     model: str = "builtin:tiny-reward"
     name: str = "reward"
     kind: Literal["pointwise", "pairwise"] = "pointwise"
+    dtype: DType = "auto"  # auto: bf16 on a GPU, fp32 on CPU
     # Pairwise only: the text the ranking model reads ({prompt}, {a}, {b}); none: lipo.models.reward's default.
     pair_template: str | None = None
     max_tokens: int = Field(1024, ge=1)  # longer inputs keep their end (the responses)

@@ -6,9 +6,11 @@ and the batch runs in a worker thread, so the replica's event loop keeps answeri
 
 Torch and transformers are imported inside the replicas only, so the ingress replica (and `lipo serve`'s driver)
 start without them. Sampling is `lipo.models.generate.sample_ids`, the seeded sampler build-lists uses: choice j
-of prompt i with request seed s uses the generator seed (s + i) * 1000 + j, so
+of prompt i with request seed s uses the sample seed (s + i) * 1000 + j, so
 `sample(model, tok, [prompt], n, [s + i], params)` reproduces the server's output, whichever other requests shared
-its batch. Scores are `lipo.models.reward.classify` / `pairwise_matrix`, so /v1/score equals `pointwise_rewards`.
+its batch (exactly on CPU in fp32; on a GPU the random draws are batch-free but kernels may round logits
+differently for another batch shape). Scores are `lipo.models.reward.classify` / `pairwise_matrices`, so /v1/score
+equals `pointwise_rewards`.
 
 `stats()` counts model calls; tests use it to show that rejected requests (401, 413, 422, 503) never reached a model.
 """
@@ -136,7 +138,7 @@ class RewardModel:
         import torch  # replica only, like every torch-loading import in this module
 
         self.cfg = RewardConfig.model_validate(cfg)
-        self.model, self.tok = load_reward(resolve(self.cfg.model, tracking_uri))
+        self.model, self.tok = load_reward(resolve(self.cfg.model, tracking_uri), self.cfg.dtype)
         if torch.cuda.is_available():
             self.model = self.model.cuda()
         self.calls: Counter = Counter()
@@ -177,8 +179,8 @@ class RewardModel:
                 out.append(r if what == "score" else 1.0 / (1.0 + math.exp(min(700.0, r[1] - r[0]))))
             return out
         template = {"template": self.cfg.pair_template} if self.cfg.pair_template else {}
-        out = []
-        for what, p, rs in jobs:  # pairwise_matrix already batches all ordered pairs of one request
-            P = rw.pairwise_matrix(self.model, self.tok, p, rs, max_tokens=self.cfg.max_tokens, **template)
-            out.append(rw.winrate_labels(P).tolist() if what == "score" else float(P[0, 1]))
-        return out
+        # every ordered pair of every request in length-sorted, full forwards (`pairwise_matrices`)
+        Ps = rw.pairwise_matrices(self.model, self.tok, [(p, rs) for _, p, rs in jobs],
+                                  max_tokens=self.cfg.max_tokens, **template)
+        return [rw.winrate_labels(P).tolist() if what == "score" else float(P[0, 1])
+                for (what, _, _), P in zip(jobs, Ps)]

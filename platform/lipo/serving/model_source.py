@@ -82,7 +82,7 @@ def resolve(spec: str, tracking_uri: str | None = None, cache_dir: str | None = 
     return str(_hf_dir(Path(local), spec))
 
 
-def load_reward(spec: str, dtype: str = "float32"):
+def load_reward(spec: str, dtype: str = "auto"):
     """(model, tokenizer) of a one-output sequence-classifier reward model (`lipo.models.reward_loading`)."""
     from lipo.models.reward_loading import load_reward_model  # imports torch: the reward replica only
 

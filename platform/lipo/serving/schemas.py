@@ -18,6 +18,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+# Sample seeds are (seed + i) * 1000 + j in int64 on the device: seeds up to 2^53 keep that in range (2^63 / 1000 is
+# about 2^53.03), and a larger one is a clear 422 instead of an overflow inside the replica.
+MAX_SEED = 2**53
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -55,7 +59,7 @@ class CompletionRequest(_Request):
     temperature: float = Field(1.0, ge=0.0, le=2.0)  # 0: greedy
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1)
-    seed: int | None = Field(None, ge=0)  # choice j of prompt i uses seed (seed + i) * 1000 + j
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)  # choice j of prompt i uses seed (seed + i) * 1000 + j
     stop: Stops = None
     stream: NoStream = False
     user: str | None = None
@@ -69,7 +73,7 @@ class ChatCompletionRequest(_Request):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1)
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stop: Stops = None
     stream: NoStream = False
     user: str | None = None

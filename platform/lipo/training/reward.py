@@ -33,7 +33,7 @@ from lipo.data.records import prompt_of
 from lipo.losses import pair_logistic
 from lipo.metrics import pairwise_accuracy
 from lipo.models.loading import enable_checkpointing, load_sequence_classifier, load_tokenizer
-from lipo.models.reward import pair_text, pairwise_matrix, pointwise_rewards, pointwise_text
+from lipo.models.reward import pad_right, pair_text, pairwise_matrix, pointwise_rewards, pointwise_text
 from lipo.training import engine as eng
 from lipo.training.config import RewardTrainConfig
 from lipo.training.rows import LISTS
@@ -68,13 +68,7 @@ def held_out_lists(cfg: RewardTrainConfig) -> Iterator[dict]:
 
 def pad_texts(items: list[dict], key: str, pad_id: int) -> Batch:
     """Right-pad the token rows in `items[*][key]` (lists of rows) into [N, T]."""
-    rows = [r for it in items for r in it[key]]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # [N, T]
-    attn = torch.zeros((len(rows), width), dtype=torch.long)  # [N, T]
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        attn[i, : len(r)] = 1
+    ids, attn = pad_right([r for it in items for r in it[key]], pad_id)  # [N, T] each
     return {"input_ids": ids, "attention_mask": attn}
 
 

@@ -106,6 +106,7 @@ def test_rejections_are_clear_and_never_reach_a_model(server):
         (422, c.post("/v1/completions", headers=AUTH, json={**good, "prompt": ["a", "b", "c"], "n": 2}), "n: 6"),
         (422, c.post("/v1/completions", headers=AUTH, json={**good, "max_tokens": 65}), "max_tokens: 65 exceeds"),
         (422, c.post("/v1/completions", headers=AUTH, json={**good, "bogus": 1}), "bogus: unknown field"),
+        (422, c.post("/v1/completions", headers=AUTH, json={**good, "seed": 2**60}), "seed:"),
         (422, c.post("/v1/chat/completions", headers=AUTH, json={"model": "policy", "messages": [{"role": "x"}]}),
          "messages.0.role"),
         (422, c.post("/v1/completions", headers={**AUTH, "content-type": "application/json"}, content=b"{oops"),
