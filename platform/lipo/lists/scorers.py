@@ -8,13 +8,13 @@ list of floats per row, aligned with `responses`; `build_scorer` picks the facto
 - `pairwise`: the paper's pairwise ranking model reads every ordered pair (y_i, y_j) through `score.pair_template`;
   both orders are averaged to remove position bias, and the score of y_k is its win rate
   psi_k = (1/K) sum_i P(y_k beats y_i), counting (k, k) as 0.5 (`lipo.models.reward.pairwise_matrices`).
+- `function`: a Python callable `module:func`, called as `func(prompt, response, **score.function_kwargs)` (plus
+  `reference=` with `score.pass_reference`), for verifiable rewards. It must return a real number.
+- `existing`: the numbers already in the input column `score.field` (labels or ratings).
 
 The two model scorers batch across lists: every text of the micro-batch (sum_b K_b for pointwise, sum_b K_b (K_b - 1)
 ordered pairs for pairwise) is tokenised once, sorted by token length, and run in forwards of `score.max_batch_size`
 sequences, whatever list each comes from; the scores come back in the rows' order.
-- `function`: a Python callable `module:func`, called as `func(prompt, response, **score.function_kwargs)` (plus
-  `reference=` with `score.pass_reference`), for verifiable rewards. It must return a real number.
-- `existing`: the numbers already in the input column `score.field` (labels or ratings).
 
     scorer = build_scorer(cfg.score, device="cpu")
     scores = scorer(rows)   # [[s_1, ..., s_K] per row]; the caller sizes `rows` (resources.score.batch_size)
