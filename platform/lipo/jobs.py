@@ -15,10 +15,12 @@ Equivalent Ray CLI (what `lipo submit` builds; `deploy/jobs/runtime_env.yaml` ho
       --entrypoint-num-cpus 0 -- lipo run configs/quickstart.yaml
 
 Environment: `LIPO_ENTRYPOINT_NUM_CPUS` / `LIPO_ENTRYPOINT_NUM_GPUS` reserve resources for the driver (default 0,
-which keeps the driver on the head node); `MLFLOW_TRACKING_URI` and `LIPO_SHARED_FS` are passed on to the job.
+which keeps the driver on the head node); `MLFLOW_TRACKING_URI`, `LIPO_SHARED_PATHS` and `LIPO_SHARED_FS` are passed
+on to the job.
 
 On a multi-node cluster the job's `output_dir` must be shared storage: `lipo.runtime.check_shared_storage` refuses a
-node-local one when a stage starts.
+node-local one when a stage starts. The Helm chart's pods already declare their shared volume (`LIPO_SHARED_PATHS`
+in their env), so a job needs nothing from the submitter's shell for it.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from lipo.stages import STAGES, Stage, by_name
 EXCLUDES = [".git", "runs/", "mlruns", "*.db", ".venv", "__pycache__", "*.egg-info", "benchmarks/results"]
 
 # Passed from the submitter's environment to the job when set.
-PASSED_ENV = ("MLFLOW_TRACKING_URI", "LIPO_SHARED_FS")
+PASSED_ENV = ("MLFLOW_TRACKING_URI", "LIPO_SHARED_FS", "LIPO_SHARED_PATHS")
 FIXED_ENV = {"RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}

@@ -7,6 +7,13 @@ reattaches to the same MLflow run, so a resumed training keeps one history.
     with stage_run(uri, "lipo", "lipo-3f2a", "train", parent_run_id=parent, config=resolved) as run:
         run.log_metrics({"train/loss": 0.7}, step=1)
 
+Experiments lipo creates are tagged `mlflow.experimentKind = custom_model_development` (the tag the MLflow 3 UI reads
+to pick its "Machine learning" view), so the experiment opens on its runs, not the GenAI overview; an experiment
+that exists without the tag gets it, one whose kind a user chose keeps it. Each stage logs the data it reads and
+writes as MLflow datasets (`StageRun.log_dataset`): the source is the path, the digest comes from the path's
+`manifest.json` when it is a lipo build (the same digest as input of train and as output of build-lists) or else
+from the files' names, sizes and modification times; no data is read on the driver.
+
 The default store is `sqlite:///<output_dir>/mlflow.db` (MLflow refuses a plain file store); `tracking.uri` or
 `$MLFLOW_TRACKING_URI` point at a server instead. Browse with:
 
@@ -15,6 +22,7 @@ The default store is `sqlite:///<output_dir>/mlflow.db` (MLflow refuses a plain 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -27,9 +35,14 @@ from typing import Any
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from lipo import storage
 from lipo.config import flatten
 
 STAGE_TAG = "lipo.stage"
+# The MLflow 3 UI's experiment-kind tag and its value for model training (read from mlflow/server/js, 3.17.2):
+# experiments without it open on the GenAI overview.
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+CONTEXT_TAG = "mlflow.data.context"  # MLflow's tag for a dataset's role in a run (training, evaluation, ...)
 
 
 def resolve_uri(uri: str | None, output_dir: str) -> str:
@@ -54,7 +67,12 @@ def open_run(uri: str, experiment: str, run_name: str, stage: str, parent_run_id
     location = None
     if uri.startswith("sqlite:///"):
         location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-    exp_id = exp.experiment_id if exp else c.create_experiment(experiment, artifact_location=location)
+    if exp is None:
+        exp_id = c.create_experiment(experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+    else:
+        exp_id = exp.experiment_id
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # created before lipo set it, or by hand
+            c.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
     found = c.search_runs(
         [exp_id], filter_string=f"tags.mlflow.runName = '{run_name}' and tags.`{STAGE_TAG}` = '{stage}'",
         max_results=1,
@@ -90,6 +108,35 @@ def log_artifacts(uri: str, run_id: str, local_dir: str | Path, artifact_path: s
     client(uri).log_artifacts(run_id, str(local_dir), artifact_path)
 
 
+def data_digest(path: str) -> str:
+    """A digest of the data at `path` that reads no rows: its `manifest.json` (a lipo build), else the names, sizes
+    and modification times of its files (`lipo.data.files`, as the token cache keys them)."""
+    from lipo.data.files import resolve_paths  # lazy: pyarrow dataset helpers
+
+    manifest = storage.read_text(storage.join(path, "manifest.json")) if not Path(path).is_file() else None
+    if manifest is not None:
+        blob = manifest
+    else:
+        blob = json.dumps([[f.name, f.size, f.mtime_ns] for f in resolve_paths(path)])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def log_datasets(uri: str, run_id: str, paths: list[str], context: str, name: str | None = None,
+                 digests: list[str | None] | None = None) -> None:
+    """Log each path as an MLflow dataset of the run with role `context` (e.g. training, evaluation, output)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = []
+    for i, path in enumerate(paths):
+        path = str(storage.local(path) or path)  # absolute when local: the UI shows where it is
+        digest = (digests[i] if digests else None) or data_digest(path)
+        scheme = path.split("://", 1)[0] if "://" in path else "local"
+        label = name if name and len(paths) == 1 else (f"{name}-{i}" if name else Path(path.rstrip("/")).name)
+        inputs.append(DatasetInput(Dataset(label, digest, scheme, json.dumps({"uri": path})),
+                                   tags=[InputTag(CONTEXT_TAG, context)]))
+    client(uri).log_inputs(run_id, datasets=inputs)
+
+
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(uri).set_terminated(run_id, status=status)
 
@@ -108,6 +155,11 @@ class StageRun:
     def log_artifacts(self, local_dir: str | Path, artifact_path: str) -> None:
         if self.run_id:
             log_artifacts(self.uri, self.run_id, local_dir, artifact_path)
+
+    def log_datasets(self, paths: list[str], context: str, name: str | None = None,
+                     digests: list[str | None] | None = None) -> None:
+        if self.run_id:
+            log_datasets(self.uri, self.run_id, paths, context, name, digests)
 
 
 @contextmanager

@@ -2,7 +2,9 @@
 CRDs, the Kubernetes schemas, the security baseline, and the local pipeline it must mirror.
 
 The value sets: `defaults` (the chart's defaults + the Ray token), `gpu-mlflow` (long-lived GPU cluster, Serve,
-MLflow on PostgreSQL + S3, a train-only job) and `job-only` (one stage on a head-only cluster, existing Secret).
+MLflow on PostgreSQL + S3, a train-only job, an existing shared claim, workload identity, extra volumes) and
+`job-only` (one stage on a head-only cluster, existing Secret and ServiceAccount, no shared volume). Shared storage,
+the ServiceAccount, extra volumes, job stages and NOTES are checked in test_cluster_values.py.
 """
 
 from __future__ import annotations
@@ -50,10 +52,12 @@ def test_helm_lint_reports_no_errors(rendered: Render) -> None:
 
 def test_value_sets_render_what_they_select(renders: dict[str, Render]) -> None:
     kinds = {name: sorted(d["kind"] for d in r.docs) for name, r in renders.items()}
-    assert kinds["defaults"] == ["ConfigMap", "NetworkPolicy", "RayJob", "Secret"]
+    assert kinds["defaults"] == ["ConfigMap", "NetworkPolicy", "PersistentVolumeClaim", "RayJob", "Secret",
+                                 "ServiceAccount"]
     assert kinds["gpu-mlflow"] == sorted(["ConfigMap", "Deployment", "NetworkPolicy", "NetworkPolicy", "RayCluster",
-                                          "RayJob", "RayService", "Secret", "Service"])
-    assert kinds["job-only"] == ["ConfigMap", "RayJob"]  # the Secret is the user's (secrets.existingSecret)
+                                          "RayJob", "RayService", "Secret", "Service", "ServiceAccount"])
+    # The Secret, the ServiceAccount and the storage are the user's (existingSecret, serviceAccount.name, s3://).
+    assert kinds["job-only"] == ["ConfigMap", "RayJob"]
 
 
 # --- 2. Schemas: KubeRay CRDs and Kubernetes ------------------------------------------------------------------------
@@ -105,7 +109,8 @@ def test_every_pod_template_is_hardened(rendered: Render) -> None:
             mounts = {m["mountPath"]: volumes[m["name"]] for m in c.get("volumeMounts", [])}
             assert "emptyDir" in mounts.get("/tmp", {}), f"{at}: /tmp must be a writable emptyDir"
             assert mounts.get("/dev/shm", {}).get("emptyDir", {}).get("medium") == "Memory", f"{at}: /dev/shm"
-            assert c.get("workingDir", "/tmp").startswith("/tmp"), f"{at}: the working directory must be writable"
+            wd = c.get("workingDir", "/tmp")  # writable: the /tmp emptyDir or the shared volume mounted there
+            assert wd.startswith("/tmp") or "persistentVolumeClaim" in mounts.get(wd, {}), f"{at}: {wd} is read-only"
             env = _env(c)
             assert env["HOME"]["value"] == "/tmp" and env["HF_HOME"]["value"].startswith("/tmp"), at
             assert env["MPLCONFIGDIR"]["value"].startswith("/tmp") and env["RAY_TMPDIR"]["value"] == "/tmp", at

@@ -86,3 +86,36 @@ def test_overrides_parse_yaml_values():
                                           "deepspeed.stage=3", "model.lora.r=4"])
     assert cfg.data.train == ["a.jsonl", "b.jsonl"] and cfg.optim.lr == 1e-4 and cfg.deepspeed.stage == 3
     assert cfg.model.lora is not None and cfg.model.lora.r == 4
+
+
+def test_export_pairs_then_import_a_datasets_folder_split(tmp_path):
+    """`lipo export` writes TRL pairs; `lipo import --split` reads a `save_to_disk` DatasetDict folder (written
+    here in its layout: dataset_dict.json, SPLIT/state.json, SPLIT/data-00000-of-00001.arrow, an Arrow stream)."""
+    import pyarrow as pa
+
+    lists = tmp_path / "lists.jsonl"
+    lists.write_text(json.dumps({"prompt": "p", "responses": ["a", "b", "c"], "labels": [1.0, 0.5, 0.0]}) + "\n")
+    proc = lipo("export", "--format", "pairs", "--pairs", "best-worst", str(lists), str(tmp_path / "dpo.jsonl"),
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 lists -> 1 pairs" in proc.stdout
+    assert json.loads((tmp_path / "dpo.jsonl").read_text()) == {"prompt": "p", "chosen": "a", "rejected": "c"}
+
+    split = tmp_path / "saved" / "train_prefs"
+    split.mkdir(parents=True)
+    conv = [[{"role": "user", "content": "Q"}, {"role": "assistant", "content": r}] for r in ("good", "bad")]
+    table = pa.Table.from_pylist([{"prompt": "Q", "chosen": conv[0], "rejected": conv[1]}])
+    with pa.OSFile(str(split / "data-00000-of-00001.arrow"), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    (split / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}],
+                                                  "_split": "train_prefs"}))
+    (tmp_path / "saved" / "dataset_dict.json").write_text(json.dumps({"splits": ["train_prefs"]}))
+    out = tmp_path / "uf.parquet"
+    proc = lipo("import", "--format", "pairs", "--split", "train_prefs", str(tmp_path / "saved"), str(out),
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 1 lists" in proc.stdout
+    from lipo.data.readers import read_lists
+
+    row = read_lists([out])[0].to_pylist()[0]
+    assert row["prompt_messages"] == [{"role": "user", "content": "Q"}] and row["responses"] == ["good", "bad"]

@@ -67,11 +67,12 @@ def test_entrypoint_quotes_every_word():
 
 def test_runtime_env_and_entrypoint_resources():
     spec = jobs.job_spec("train", "c.yaml", [], "/w", environ={"MLFLOW_TRACKING_URI": "http://mlflow:5000",
+                                                                "LIPO_SHARED_PATHS": "/mnt/lipo",
                                                                 "LIPO_ENTRYPOINT_NUM_CPUS": "1.5", "HOME": "/h"})
     env = spec["runtime_env"]
     assert env["working_dir"] == "/w" and env["excludes"] == jobs.EXCLUDES
     assert "py_modules" not in env  # not a lipo checkout: the job uses the cluster's installed lipo
-    assert env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://mlflow:5000",
+    assert env["env_vars"] == {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "LIPO_SHARED_PATHS": "/mnt/lipo",
                                "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0"}  # nothing else leaks from the shell
     assert spec["entrypoint_num_cpus"] == 1.5 and spec["entrypoint_num_gpus"] == 0
     assert jobs.job_spec("train", "c.yaml", [], "/w", environ={}, num_cpus=2)["entrypoint_num_cpus"] == 2
@@ -269,7 +270,8 @@ def ray_head():
     # /tmp/ray, so no other ray.init() on this machine can find and join this cluster.
     temp_dir = tempfile.mkdtemp(prefix="lipo-rh-", dir="/tmp")
     dash = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "LIPO_SHARED_FS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "LIPO_SHARED_FS",
+                                                        "LIPO_SHARED_PATHS")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
                RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",  # nothing to drain for; it would add 30 s to teardown
                # The job runs `lipo` from PATH, as it would in the cluster image.

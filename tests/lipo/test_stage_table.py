@@ -22,7 +22,7 @@ def test_every_stage_is_a_cli_command_with_its_help():
     for stage in stages.STAGES:
         assert stage.command in commands, stage.command
         assert (commands[stage.command].callback.__doc__ or "").strip() == stage.help
-    assert set(commands) - {s.command for s in stages.STAGES} == {"import", "submit"}
+    assert set(commands) - {s.command for s in stages.STAGES} == {"import", "export", "submit"}
 
 
 def test_names_and_commands_both_find_a_stage():
@@ -56,10 +56,10 @@ def test_help_imports_no_heavy_library():
 def test_a_user_mistake_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys, tmp_path):
     import lipo.data.importers as importers
 
-    def mistake(*args):
+    def mistake(*args, **kwargs):
         raise LipoError("input.jsonl row 3: field 'chosen' is missing")
 
-    def bug(*args):
+    def bug(*args, **kwargs):
         raise ZeroDivisionError("lipo divided by zero")
 
     argv = ["import", "--format", "pairs", str(tmp_path / "in.jsonl"), str(tmp_path / "out.parquet")]

@@ -1,6 +1,10 @@
-"""`tracking.stage_run` owns a run's life: open (or reattach by name), log the config, FINISHED or FAILED."""
+"""`tracking.stage_run` owns a run's life: open (or reattach by name), log the config, FINISHED or FAILED; experiments
+open on their runs in the MLflow UI; stages log their data as MLflow datasets with digests."""
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 import pytest
 
@@ -37,3 +41,43 @@ def test_the_same_name_reattaches_and_disabled_tracking_logs_nothing(tmp_path):
     with tracking.stage_run(uri, "lipo", "off", "build-lists", enabled=False) as off:
         off.log_metrics({"x": 1.0}, step=0)  # a no-op
     assert off.run_id is None and "off" not in _runs(uri)
+
+
+def test_experiments_open_on_their_runs_and_a_chosen_kind_stays(tmp_path):
+    """The MLflow 3 UI shows an experiment tagged `mlflow.experimentKind = custom_model_development` as a training
+    experiment (runs), not the GenAI overview."""
+    uri = tracking.resolve_uri(None, str(tmp_path))
+    c = tracking.client(uri)
+    tracking.open_run(uri, "lipo", "a", "train")
+    assert c.get_experiment_by_name("lipo").tags["mlflow.experimentKind"] == "custom_model_development"
+    old = c.create_experiment("made-by-hand")  # before lipo set the tag: it gets it on lipo's first run
+    chosen = c.create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
+    tracking.open_run(uri, "made-by-hand", "b", "train")
+    tracking.open_run(uri, "chosen", "c", "train")
+    assert c.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert c.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
+
+
+def test_datasets_carry_digests_that_read_no_rows(tmp_path):
+    uri = tracking.resolve_uri(None, str(tmp_path))
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "part-00000.parquet").write_bytes(b"not read")  # the manifest decides the digest, not the rows
+    (lists / "manifest.json").write_text('{"counts": {"lists": 3}}')
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "p0", "prompt": "hi"}\n')
+    st = prompts.stat()
+    with tracking.stage_run(uri, "lipo", "build", "build-lists") as run:
+        run.log_datasets([str(prompts)], "input", name="prompts")
+        run.log_datasets([str(lists)], "output", name="lists")
+    inputs = tracking.client(uri).get_run(run.run_id).inputs.dataset_inputs
+    got = {d.dataset.name: (d.dataset.digest, json.loads(d.dataset.source), {t.key: t.value for t in d.tags})
+           for d in inputs}
+    want_files = hashlib.sha256(json.dumps([[str(prompts), st.st_size, st.st_mtime_ns]]).encode()).hexdigest()[:16]
+    want_manifest = hashlib.sha256(b'{"counts": {"lists": 3}}').hexdigest()[:16]
+    assert got["prompts"] == (want_files, {"uri": str(prompts)}, {"mlflow.data.context": "input"})
+    assert got["lists"] == (want_manifest, {"uri": str(lists)}, {"mlflow.data.context": "output"})
+    # the train stage reading the same lists names the same digest: one data set in the UI
+    assert tracking.data_digest(str(lists)) == want_manifest
+    prompts.write_text('{"id": "p0", "prompt": "hi there"}\n')  # another size: another digest
+    assert tracking.data_digest(str(prompts)) != want_files

@@ -7,6 +7,7 @@ pipeline (bootstrap -> sft -> train-rm -> build-lists -> train -> serve + evalua
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,30 @@ def test_pipeline_reports_win_rates_and_where_to_look(small_run):
     assert version.run_id == train_run.info.run_id
     local = Path(resolve_model("models:/lipo-quickstart@champion", uri, str(work / "cache")))
     assert (local / "model.safetensors").is_file() and (local / "config.json").is_file()
+
+
+BAR = re.compile(r"\d+%\||\d+(step|shard|it) \[|\?(step|shard|it)/s")  # a tqdm bar: 40%|..., 0step [00:00, ?step/s]
+
+
+def test_console_shows_lipo_lines_and_bars_and_logs_the_rest(small_run):
+    """`lipo run` is quiet by default (lipo.console): Ray's chatter is in the printed log file, not on the screen,
+    and each stage fits on about one screen (24 lines) of stdout, with its bars on stderr."""
+    _, first, _ = small_run
+    screen = first.stdout + first.stderr
+    # (Not "core_worker.cc": the driver's own C++ core worker writes its ERROR lines to the terminal directly; see
+    # lipo.console.)
+    for noise in ("PlacementGroupCleaner", "(TrainController", "(raylet)", "FutureWarning", "streaming_executor",
+                  "mlflow.store.db", "graceful_shutdown", "Token authentication is enabled"):
+        assert noise not in screen, noise
+    log = re.search(r"\[lipo\] Ray, DeepSpeed and MLflow logs: (\S+)", first.stdout)
+    assert log is not None, first.stdout[-2000:]
+    assert "TrainController" in Path(log[1]).read_text()  # the chatter went to the file, not away
+    stages = first.stdout.split("===== stage:")[1:]
+    assert len(stages) >= 7 and max(len(s.splitlines()) for s in stages) <= 24, stages
+    # stderr holds the bars (redrawn in place with \r) and lipo's worker lines; nothing else, a few lines per stage
+    shown = [line.split("\r")[-1] for line in first.stderr.split("\n")]
+    other = [line for line in shown if line.strip() and not BAR.search(line) and "[lipo]" not in line]
+    assert len(other) <= len(stages), other
 
 
 def test_rerun_skips_finished_stages_and_says_so(small_run):

@@ -82,6 +82,17 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 {{- end -}}
 
+{{/* The URI Ray pods track to: the server above, else a SQLite file on the shared volume (one store that every job
+     and the Serve cluster see), else empty (lipo's default: OUTPUT_DIR/mlflow.db). */}}
+{{- define "lipo.rayTrackingUri" -}}
+{{- $server := include "lipo.mlflowTrackingUri" . -}}
+{{- if $server -}}
+{{- $server -}}
+{{- else if .Values.sharedStorage.enabled -}}
+{{- printf "sqlite:///%s/mlflow.db" .Values.sharedStorage.mountPath -}}
+{{- end -}}
+{{- end -}}
+
 {{/*
 A secret value: the one given, else (secrets.generate) the live Secret's value via lookup so that upgrades keep it,
 else a fresh randAlphaNum 32, else fail with the flags that fix it. Call with (list . "KEY" "valueName").
@@ -204,9 +215,14 @@ operator version. Call with (list . "serve"|"").
 - name: RAY_AUTH_MODE
   value: token
 {{ include "lipo.secretEnv" (list $root "RAY_AUTH_TOKEN" "auth_token") }}
-{{- with (include "lipo.mlflowTrackingUri" $root) }}
+{{- with (include "lipo.rayTrackingUri" $root) }}
 - name: MLFLOW_TRACKING_URI
   value: {{ . | quote }}
+{{- end }}
+{{- if $root.Values.sharedStorage.enabled }}
+# Declares the volume shared by every node, so lipo.runtime.check_shared_storage accepts an output_dir under it.
+- name: LIPO_SHARED_PATHS
+  value: {{ $root.Values.sharedStorage.mountPath | quote }}
 {{- end }}
 {{- if $root.Values.mlflow.enabled }}
 - name: MLFLOW_TRACKING_USERNAME
@@ -233,5 +249,52 @@ tolerations:
 {{- with .affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* The ServiceAccount of every pod; empty (no serviceAccountName: KubeRay's and Kubernetes' defaults) when the
+     chart makes none and none is named. */}}
+{{- define "lipo.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- .Values.serviceAccount.name | default (include "lipo.fullname" .) -}}
+{{- else -}}
+{{- .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "lipo.serviceAccount" -}}
+{{- with include "lipo.serviceAccountName" . }}
+serviceAccountName: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{- define "lipo.sharedClaimName" -}}
+{{- .Values.sharedStorage.existingClaim | default (printf "%s-shared" (include "lipo.fullname" .)) -}}
+{{- end -}}
+
+{{/* Where lipo's relative paths (output_dir: runs/quickstart, mlruns) resolve: the shared volume when there is one. */}}
+{{- define "lipo.workingDir" -}}
+{{- ternary .Values.sharedStorage.mountPath "/tmp" .Values.sharedStorage.enabled -}}
+{{- end -}}
+
+{{/* The shared volume and extraVolumes, for the Ray pods and the submitter. */}}
+{{- define "lipo.extraVolumes" -}}
+{{- if .Values.sharedStorage.enabled }}
+- name: shared
+  persistentVolumeClaim:
+    claimName: {{ include "lipo.sharedClaimName" . }}
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "lipo.extraMounts" -}}
+{{- if .Values.sharedStorage.enabled }}
+- name: shared
+  mountPath: {{ .Values.sharedStorage.mountPath }}
+{{- end }}
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
 {{- end }}
 {{- end -}}

@@ -96,8 +96,9 @@ workerGroupSpecs:
 {{- $root := .root -}}
 securityContext:
   {{- include "lipo.podSecurityContext" $root | nindent 2 }}
-{{- if not .head }}
-# Workers never call the Kubernetes API; only the head's autoscaler sidecar does.
+{{- include "lipo.serviceAccount" $root }}
+{{- if not (and .head $root.Values.ray.enableInTreeAutoscaling) }}
+# Only the head's autoscaler sidecar calls the Kubernetes API.
 automountServiceAccountToken: false
 {{- end }}
 {{- with $root.Values.imagePullSecrets }}
@@ -108,8 +109,9 @@ containers:
   - name: {{ .name }}
     image: {{ .image }}
     imagePullPolicy: {{ $root.Values.image.pullPolicy }}
-    # The root is read-only, so relative paths a stage writes (runs/, mlruns) must resolve under /tmp.
-    workingDir: /tmp
+    # The root is read-only, so relative paths a stage writes (runs/, mlruns) must resolve somewhere writable: the
+    # shared volume (sharedStorage), else /tmp. The job's driver and tasks inherit this directory from `ray start`.
+    workingDir: {{ include "lipo.workingDir" $root }}
     {{- if or .head (eq .env "serve") }}
     ports:
       {{- if .head }}
@@ -130,8 +132,10 @@ containers:
     volumeMounts:
       {{- include "lipo.writableMounts" $root | nindent 6 }}
       {{- include "lipo.configMount" $root | nindent 6 }}
+      {{- include "lipo.extraMounts" $root | nindent 6 }}
 volumes:
   {{- include "lipo.writableVolumes" (list .group.tmpSize .group.shmSize) | nindent 2 }}
   {{- include "lipo.configVolume" $root | nindent 2 }}
+  {{- include "lipo.extraVolumes" $root | nindent 2 }}
 {{- include "lipo.podScheduling" .group }}
 {{- end -}}

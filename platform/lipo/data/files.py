@@ -10,7 +10,14 @@ Directories are read recursively in sorted order; names starting with `.` or `_`
 `_SUCCESS`, `.ipynb_checkpoints`). Messages name a file as the user wrote it (`data/train.jsonl`,
 `s3://bucket/lists/part-00000.parquet`).
 
-A `ReadUnit` is the piece of input that one task of a distributed read validates: a whole JSONL file (its line
+Hugging Face `datasets` folders: a folder written by `Dataset.save_to_disk` (`state.json`, `dataset_info.json`,
+`data-NNNNN-of-NNNNN.arrow`) reads as its Arrow files, in the order `state.json` lists them (`_data_files`); the
+JSON files beside them are not data. A `DatasetDict` folder (`dataset_dict.json` and one such folder per split)
+needs a split: name its subfolder (`saved/train`), or use `lipo import --split` (`lipo.data.hf_datasets`). The
+`.arrow` files are Arrow IPC streams (what `datasets`' ArrowWriter writes); IPC files ("ARROW1" magic) read too.
+Their rows are numbered from 1 in each file, like Parquet rows.
+
+A `ReadUnit` is the piece of input that one task of a distributed read validates: a whole JSONL or Arrow file (its row
 numbers are only known by reading it from the start), or consecutive row groups of a Parquet file, at least
 `UNIT_ROWS` rows, whose first row number comes from the file's footer. Planning reads footers, never rows, so the
 driver's work grows with the number of files, not rows. Parallelism is therefore per JSONL file and per Parquet row
@@ -42,6 +49,9 @@ from lipo.errors import DataError
 
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
+ARROW_SUFFIXES = (".arrow",)
+KNOWN = ".jsonl, .json, .parquet or .arrow"
+HF_STATE, HF_DICT = "state.json", "dataset_dict.json"  # `datasets`' save_to_disk markers (config.py there)
 UNIT_ROWS = 8192  # Parquet row groups are grouped into units of at least this many rows
 _BATCH_ROWS = 4096
 _GLOB_CHARS = frozenset("*?[")
@@ -76,7 +86,7 @@ def _child(spec: str, root: str, path: str) -> str:
 class DataFile:
     name: str  # as the user would write it: what messages show
     path: str  # inside its filesystem (absolute for local files)
-    format: str  # jsonl | parquet
+    format: str  # jsonl | parquet | arrow
     size: int
     mtime_ns: int
 
@@ -90,12 +100,14 @@ def _format_of(name: str) -> str:
         return "jsonl"
     if suffix in PARQUET_SUFFIXES:
         return "parquet"
+    if suffix in ARROW_SUFFIXES:
+        return "arrow"
     what = f"unknown file extension '{suffix}'" if suffix else "no file extension"
-    raise DataError(f"{name}: {what} (expected .jsonl, .json or .parquet)")
+    raise DataError(f"{name}: {what} (expected {KNOWN})")
 
 
 def _is_data_file(name: str) -> bool:
-    return PurePosixPath(name).suffix.lower() in JSONL_SUFFIXES + PARQUET_SUFFIXES
+    return PurePosixPath(name).suffix.lower() in JSONL_SUFFIXES + PARQUET_SUFFIXES + ARROW_SUFFIXES
 
 
 def _hidden(rel: str) -> bool:
@@ -106,7 +118,44 @@ def _data_file(spec: str, info: pafs.FileInfo, name: str) -> DataFile:
     return DataFile(name, info.path, _format_of(name), info.size or 0, info.mtime_ns or 0)
 
 
+def read_json_object(fs: pafs.FileSystem, path: str, name: str) -> dict:
+    try:
+        with fs.open_input_stream(path) as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise DataError(f"{name}: not a readable JSON file ({exc})".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise DataError(f"{name}: expected a JSON object")
+    return data
+
+
+def saved_dataset(spec: str, fs: pafs.FileSystem, root: str) -> list[DataFile] | None:
+    """The Arrow files of a `save_to_disk` Dataset folder; None if `root` is no `datasets` folder; a DatasetDict
+    folder is an error naming its splits (the caller picks one)."""
+    state, splits = (fs.get_file_info(f"{root}/{n}") for n in (HF_STATE, HF_DICT))
+    if splits.type == pafs.FileType.File:
+        names = read_json_object(fs, splits.path, _child(spec, root, splits.path)).get("splits")
+        raise DataError(f"{spec}: a Hugging Face DatasetDict folder with splits {names}: name a split's subfolder "
+                        f"({spec.rstrip('/')}/SPLIT) or pass --split to lipo import")
+    if state.type != pafs.FileType.File:
+        return None
+    data_files = read_json_object(fs, state.path, _child(spec, root, state.path)).get("_data_files")
+    if not isinstance(data_files, list) or not data_files:
+        raise DataError(f"{_child(spec, root, state.path)}: field '_data_files': missing or empty")
+    out = []
+    for d in data_files:
+        path = f"{root}/{d.get('filename') if isinstance(d, dict) else d}"
+        info = fs.get_file_info(path)
+        if info.type != pafs.FileType.File:
+            raise DataError(f"{_child(spec, root, path)}: listed in {HF_STATE} but not found")
+        out.append(DataFile(_child(spec, root, path), path, "arrow", info.size or 0, info.mtime_ns or 0))
+    return out
+
+
 def _under(spec: str, fs: pafs.FileSystem, root: str) -> list[DataFile]:
+    saved = saved_dataset(spec, fs, root)
+    if saved is not None:
+        return saved
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     found = [(os.path.relpath(i.path, root), i) for i in infos if i.type == pafs.FileType.File]
     return [_data_file(spec, i, _child(spec, root, i.path)) for rel, i in sorted(found, key=lambda x: x[0])
@@ -137,7 +186,7 @@ def _expand(spec: str) -> list[DataFile]:
     if _GLOB_CHARS & set(spec):
         files = _glob(spec, fs, path)
         if not files:
-            raise DataError(f"no .jsonl, .json or .parquet files match {spec}")
+            raise DataError(f"no {KNOWN} files match {spec}")
         return files
     try:
         info = fs.get_file_info(path)
@@ -146,7 +195,7 @@ def _expand(spec: str) -> list[DataFile]:
     if info.type == pafs.FileType.Directory:
         files = _under(spec, fs, path)
         if not files:
-            raise DataError(f"directory {spec} has no .jsonl, .json or .parquet files")
+            raise DataError(f"directory {spec} has no {KNOWN} files")
         return files
     if info.type == pafs.FileType.File:
         return [_data_file(spec, info, spec)]  # a named file with an unknown extension is an error, not skipped
@@ -202,7 +251,7 @@ def _parquet_units(f: DataFile) -> list[ReadUnit]:
 
 
 def plan_units(files: list[DataFile]) -> list[ReadUnit]:
-    """The read units of `files`, in input order (Parquet footers are read; JSONL files are not opened)."""
+    """The read units of `files`, in input order (Parquet footers are read; JSONL and Arrow files are not opened)."""
     return [u for f in files for u in (_parquet_units(f) if f.format == "parquet" else [ReadUnit(f, None, 1, None)])]
 
 
@@ -257,6 +306,53 @@ def _parquet_rows(unit: ReadUnit, wanted: frozenset[str]) -> Iterator[tuple[int,
         raise DataError(f"{f.name}: not a readable Parquet file ({exc})".replace("\n", " ")) from None
 
 
+def _arrow_reader(f: DataFile) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """(schema, batches) of an Arrow IPC stream or file; only the schema is read until the batches are."""
+    fs, path = f.open_fs()
+    source = fs.open_input_file(path)
+    if source.read(6) == b"ARROW1":  # the IPC file format; `datasets` writes the stream format (no magic)
+        reader = pa.ipc.open_file(source)
+        return reader.schema, (reader.get_batch(i) for i in range(reader.num_record_batches))
+    source.seek(0)
+    stream = pa.ipc.open_stream(source)
+    return stream.schema, iter(stream)
+
+
+def _arrow_rows(f: DataFile, wanted: frozenset[str]) -> Iterator[tuple[int, object]]:
+    """(1-based row number, row dict) of an Arrow IPC file, batch by batch; only the `wanted` columns are kept."""
+    n = 0
+    try:
+        schema, batches = _arrow_reader(f)
+        columns = [c for c in schema.names if c in wanted]
+        if not columns:
+            found = ", ".join(schema.names) or "none"
+            raise DataError(f"{f.name}: none of the expected columns {sorted(wanted)} (found: {found})")
+        for batch in batches:
+            for row in batch.select(columns).to_pylist():
+                n += 1
+                yield n, row
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{f.name}: not a readable Arrow IPC file ({exc})".replace("\n", " ")) from None
+
+
 def unit_rows(unit: ReadUnit, wanted: frozenset[str]) -> Iterator[tuple[int, object]]:
     """The rows of one unit: (row number in its file, dict or `Problem` for a line that is not a JSON object)."""
+    if unit.file.format == "arrow":
+        return _arrow_rows(unit.file, wanted)
     return _jsonl_rows(unit.file) if unit.file.format == "jsonl" else _parquet_rows(unit, wanted)
+
+
+def column_names(f: DataFile) -> list[str] | None:
+    """The columns of a Parquet or Arrow file (its schema only), or the keys of a JSONL file's first object (None
+    if that line is not a JSON object)."""
+    fs, path = f.open_fs()
+    if f.format == "parquet":
+        return pq.ParquetFile(fs.open_input_file(path)).schema_arrow.names
+    if f.format == "arrow":
+        try:
+            return _arrow_reader(f)[0].names
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{f.name}: not a readable Arrow IPC file ({exc})".replace("\n", " ")) from None
+    for _, item in _jsonl_rows(f):
+        return list(item) if isinstance(item, dict) else None
+    return None

@@ -3,14 +3,29 @@
     report = import_file("pairs", "hh-rlhf/train.jsonl", "data/hh.parquet")
     print(report.summary())
 
-Formats (input: JSONL or Parquet files, directories or globs, read by `lipo.data.readers.read_records`):
+Inputs: JSONL, Parquet or Arrow files, folders or globs, a Hugging Face `datasets` folder (`save_to_disk`; `split`
+picks a DatasetDict's split, default train) or a hub id when `datasets` is installed (`lipo.data.hf_datasets`).
+They are read by `lipo.data.readers.stream_records` and written batch by batch, so the importer holds one batch
+and the ids seen (for the duplicate check), not the data set. (The OpenAssistant message tree is the exception:
+its threads are joined in memory.) Chat message content may be OpenAI content parts (`lipo.data.records.content_text`):
+text parts are concatenated, any other part is an error naming the row and field, e.g. `chosen[1].content[0].type`.
+
+Formats:
 - `pairs`: one preference pair per row -> a list of K = 2 with labels [1, 0] (chosen, rejected).
     * TRL standard: `prompt`, `chosen`, `rejected` strings;
     * TRL conversational: `prompt` as chat messages, `chosen` / `rejected` as one assistant message each;
     * TRL implicit prompt: `chosen` / `rejected` as whole conversations sharing every turn but the last;
+    * `HuggingFaceH4/ultrafeedback_binarized`: a string `prompt` and `chosen` / `rejected` as whole conversations
+      (possibly multi-turn, possibly with a system message). The conversation before the last (assistant) reply
+      must match the prompt: a string prompt equals the prefix's last user message, a message-list prompt equals
+      the whole prefix (roles and contents; surrounding whitespace is ignored); a mismatch is an error naming the
+      field (`chosen: prompt mismatch`). The list's prompt is then the prefix as chat messages: it holds any
+      system message and earlier turns, tokenises the same as the string for a lone user turn (a string is one user
+      turn under the chat template), and exports back to TRL's conversational columns.
     * Anthropic HH: `chosen` / `rejected` transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ..."); the prompt is the
       shared text up to and including the last "\\n\\nAssistant:", the responses what follows it.
-  `score_chosen` / `score_rejected`, when both are numbers, become `rewards`.
+  `score_chosen` / `score_rejected`, when both are numbers, become `rewards` (ultrafeedback_binarized's scores).
+  Other columns (`prompt_id`, `messages`) are not read: ids are content ids, as for every list without an `id`.
 - `ultrafeedback`: `instruction` (or `prompt`) and `completions: [{response, overall_score | fine-grained_score}]`
   -> a list of every completion with a response and a numeric rating; rewards = the ratings (the first of
   `RATING_KEYS` that at least two completions have), labels = min-max scaled within the list (`lipo.labels.minmax`;
@@ -24,15 +39,14 @@ Formats (input: JSONL or Parquet files, directories or globs, read by `lipo.data
       list whose prompt is the conversation up to it (chat messages when it has several turns).
   Replies without a rank are left out and counted.
 
-Every output row is validated as a `ListRecord` and written with `write_lists` (one Parquet file, LIST_SCHEMA,
-atomic), so `lipo train data.train=[OUTPUT]` reads it as is. A row that cannot be imported is skipped and counted
-by reason (`on_invalid="error"` raises instead, naming the file, row and field); public datasets hold a few such
-rows (HH has identical chosen/rejected pairs), and one should not stop an import.
+Every output row is validated as a `ListRecord` and written to one Parquet file in LIST_SCHEMA (atomically), so
+`lipo train data.train=[OUTPUT]` reads it as is. A row that cannot be imported is skipped and counted by reason
+(`on_invalid="error"` raises instead, naming the file, row and field); public datasets hold a few such rows (HH has
+identical chosen/rejected pairs), and one should not stop an import.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -44,8 +58,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lipo import labels as labelers
-from lipo.data.readers import ReadReport, read_records, resolve_paths, write_lists
-from lipo.data.records import LIST_SCHEMA, InvalidRecord, Problem, record_to_row, row_to_record
+from lipo.data.files import DataFile, column_names
+from lipo.data.hf_datasets import source_files
+from lipo.data.readers import ReadReport, atomic_file, read_records, stream_records, write_lists
+from lipo.data.records import (LIST_SCHEMA, BadContent, InvalidRecord, Problem, content_text, record_to_row,
+                               row_to_record)
 from lipo.errors import DataError
 
 RATING_KEYS = ("overall_score", "fine-grained_score", "fine_grained_score")
@@ -85,15 +102,6 @@ def _list_row(item: Mapping[str, Any], prompt: Any, responses: list[str], labels
 # ------------------------------------------------------------------------------------------------------ pairs
 
 
-def _assistant_text(v: Any, where: str) -> str:
-    if isinstance(v, str):
-        return v
-    if (isinstance(v, list) and len(v) == 1 and isinstance(v[0], Mapping) and v[0].get("role") == "assistant"
-            and isinstance(v[0].get("content"), str)):
-        return v[0]["content"]
-    raise _bad(where, "must be a string or one assistant message", f"{where}: bad completion")
-
-
 def _split_hh(text: str, where: str) -> tuple[str, str]:
     cut = text.rfind(HH_ASSISTANT)
     if cut < 0:
@@ -102,10 +110,70 @@ def _split_hh(text: str, where: str) -> tuple[str, str]:
     return text[:cut], text[cut:].strip()
 
 
-def _split_conversation(v: list, where: str) -> tuple[list, str]:
-    if not v or not isinstance(v[-1], Mapping) or v[-1].get("role") != "assistant":
-        raise _bad(where, "the last message must be the assistant's", f"{where}: bad conversation")
-    return v[:-1], str(v[-1].get("content"))
+def _message(m: Any, where: str) -> dict[str, str]:
+    """One chat message as {role, content} with content parts made text; errors name `where` (`chosen[1]`)."""
+    field = where.split("[", 1)[0]
+    if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
+        raise _bad(where, "must be a chat message with a role and content", f"{field}: bad message")
+    try:
+        return {"role": m["role"], "content": content_text(m.get("content"))}
+    except BadContent as exc:
+        raise _bad(f"{where}.content{exc.where}", exc.message, f"{field}: bad content") from None
+
+
+def _completion(v: Any, where: str) -> tuple[list[dict[str, str]] | None, str]:
+    """(the conversation before the reply, or None; the reply) of a `chosen` / `rejected` value: a string, or chat
+    messages whose last one is the assistant's reply (one message alone: no conversation)."""
+    if isinstance(v, str):
+        return None, v
+    if not isinstance(v, list) or not v:
+        raise _bad(where, "must be a string or chat messages ending with the assistant's reply",
+                   f"{where}: bad completion")
+    messages = [_message(m, f"{where}[{i}]") for i, m in enumerate(v)]
+    if messages[-1]["role"] != "assistant":
+        raise _bad(f"{where}[{len(v) - 1}].role", f"the last message must be the assistant's reply, got "
+                   f"'{messages[-1]['role']}'", f"{where}: bad conversation")
+    return messages[:-1] or None, messages[-1]["content"]
+
+
+def _snip(text: str, n: int = 40) -> str:
+    text = text.strip()
+    return repr(text if len(text) <= n else text[:n] + "...")
+
+
+def _check_prefix(prompt: str | list[dict[str, str]], prefix: list[dict[str, str]], where: str) -> None:
+    """The conversation before the reply must match the prompt (see the module docstring)."""
+    if isinstance(prompt, str):
+        users = [m["content"] for m in prefix if m["role"] == "user"]
+        if not users or users[-1].strip() != prompt.strip():
+            got = _snip(users[-1]) if users else "none"
+            raise _bad(where, f"its last user message {got} does not match 'prompt' {_snip(prompt)}",
+                       f"{where}: prompt mismatch")
+    elif [(m["role"], m["content"].strip()) for m in prompt] != [(m["role"], m["content"].strip()) for m in prefix]:
+        raise _bad(where, f"its {len(prefix)} messages before the last reply do not match the {len(prompt)} "
+                   "messages of 'prompt'", f"{where}: prompt mismatch")
+
+
+def _pair_prompt(item: Mapping[str, Any], chosen: Any, rejected: Any) -> tuple[Any, str, str]:
+    """(prompt, chosen reply, rejected reply) of a pairs row in any of the layouts of the module docstring."""
+    prompt = item.get("prompt")
+    if prompt is None and isinstance(chosen, str) and isinstance(rejected, str):  # Anthropic HH transcripts
+        (prompt, a), (p2, b) = _split_hh(chosen, "chosen"), _split_hh(rejected, "rejected")
+        if p2 != prompt:
+            raise _bad("rejected", "its conversation differs from chosen before the last reply",
+                       "rejected: other prompt")
+        return prompt, a, b
+    (pc, a), (pr, b) = _completion(chosen, "chosen"), _completion(rejected, "rejected")
+    if prompt is None and (pc is None or pr is None):
+        raise _bad("prompt", "missing (and chosen/rejected are not full conversations)", "prompt: missing")
+    if isinstance(prompt, list):  # content parts -> text, so it compares with the conversation
+        prompt = [_message(m, f"prompt[{i}]") for i, m in enumerate(prompt)]
+    for where, prefix in (("chosen", pc), ("rejected", pr)):
+        if prefix is not None and isinstance(prompt, (str, list)):  # another type: ListRecord names the problem
+            _check_prefix(prompt, prefix, where)
+    if pc is not None and pr is not None and pc != pr:  # a string prompt checks only the last user message
+        raise _bad("rejected", "its conversation differs from chosen before the last reply", "rejected: other prompt")
+    return pc or pr or prompt, a, b
 
 
 def pairs_row(item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -113,17 +181,7 @@ def pairs_row(item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     for name, v in (("chosen", chosen), ("rejected", rejected)):
         if v is None:
             raise _bad(name, "missing", f"{name}: missing")
-    prompt = item.get("prompt")
-    if prompt is None and isinstance(chosen, str) and isinstance(rejected, str):  # Anthropic HH transcripts
-        (prompt, a), (p2, b) = _split_hh(chosen, "chosen"), _split_hh(rejected, "rejected")
-    elif prompt is None and isinstance(chosen, list) and isinstance(rejected, list):  # TRL implicit prompt
-        (prompt, a), (p2, b) = _split_conversation(chosen, "chosen"), _split_conversation(rejected, "rejected")
-    elif prompt is None:
-        raise _bad("prompt", "missing (and chosen/rejected are not full conversations)", "prompt: missing")
-    else:
-        p2, a, b = prompt, _assistant_text(chosen, "chosen"), _assistant_text(rejected, "rejected")
-    if p2 != prompt:
-        raise _bad("rejected", "its conversation differs from chosen before the last reply", "rejected: other prompt")
+    prompt, a, b = _pair_prompt(item, chosen, rejected)
     if not a.strip() or not b.strip():
         raise _bad("chosen" if not a.strip() else "rejected", "empty response", "responses: empty")
     if a == b:
@@ -164,6 +222,8 @@ def _reply(v: Any, where: str) -> tuple[str, float | None]:
     if not isinstance(v, Mapping):
         raise _bad(where, "must be an object with text and rank", "responses: bad reply")
     text = next((v[k] for k in _TEXT_KEYS if isinstance(v.get(k), str)), None)
+    if text is None and isinstance(v.get("content"), list):  # OpenAI content parts
+        text = _message({"role": "assistant", "content": v["content"]}, where)["content"]
     if text is None:
         raise _bad(f"{where}.text", "missing", "responses: no text")
     rank = v.get("rank")
@@ -253,18 +313,11 @@ def _reading_schema(schema: pa.Schema, columns: tuple[str, ...]) -> pa.Schema:
     return pa.schema(list(schema) + [pa.field(c, pa.null()) for c in columns if c not in schema.names])
 
 
-def _is_message_export(paths: list[str]) -> bool:
-    first = paths[0]
-    if first.endswith(".parquet"):
-        return "message_id" in pq.ParquetFile(first).schema_arrow.names
-    with open(first, "rb") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    return "message_id" in json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
-                    return False
-    return False
+def _is_message_export(files: list[DataFile]) -> bool:
+    try:
+        return "message_id" in (column_names(files[0]) or [])
+    except DataError:
+        return False  # unreadable: the read itself reports it, with its file and row
 
 
 FormatName = Literal["pairs", "ultrafeedback", "ranked"]
@@ -281,26 +334,30 @@ _ROW_IMPORTERS: dict[str, Callable[[Counter], Callable[[Mapping[str, Any]], tupl
 
 
 def import_file(fmt: str, source: str | list[str], output: str, on_invalid: Literal["error", "skip"] = "skip",
-                quiet: bool = False) -> ImportReport:
-    """Import `source` in format `fmt` into one LIST_SCHEMA Parquet file `output`; returns what happened."""
+                quiet: bool = False, split: str | None = None) -> ImportReport:
+    """Import `source` in format `fmt` into one LIST_SCHEMA Parquet file `output`; returns what happened.
+
+    `split`: the split of a Hugging Face DatasetDict folder or hub id (default train; see `lipo.data.hf_datasets`)."""
     if fmt not in _ROW_IMPORTERS:
         raise DataError(f"--format: unknown format '{fmt}' (choose from {', '.join(_ROW_IMPORTERS)})")
     if not str(output).endswith(".parquet"):
         raise DataError(f"output {output} must be a .parquet file")
     left_out: Counter = Counter()
-    paths = [f.name for f in resolve_paths(source)]
-    if fmt == "ranked" and _is_message_export(paths):
-        messages, report = read_records(paths, message_row, MESSAGE_SCHEMA, on_invalid)
+    files = [f for s in ([source] if isinstance(source, str) else source) for f in source_files(s, split)]
+    if fmt == "ranked" and _is_message_export(files):
+        messages, report = read_records(files, message_row, MESSAGE_SCHEMA, on_invalid)
         rows = oasst_lists(messages, left_out)
         if not rows:
-            raise DataError(f"{paths[0]}: no prompter message has 2 or more ranked assistant replies")
+            raise DataError(f"{files[0].name}: no prompter message has 2 or more ranked assistant replies")
         table = pa.Table.from_pylist(rows, schema=LIST_SCHEMA)
         report.rows_valid = table.num_rows  # lists, not messages, are what was written
+        out = write_lists(table, output)
     else:
+        report, out = ReadReport(), Path(output)
         schema = _reading_schema(LIST_SCHEMA, _SOURCE_COLUMNS[fmt])
-        table, report = read_records(paths, _ROW_IMPORTERS[fmt](left_out), schema, on_invalid)
-        table = table.select(LIST_SCHEMA.names).cast(LIST_SCHEMA)
-    out = write_lists(table, output)
+        with atomic_file(out) as tmp, pq.ParquetWriter(tmp, LIST_SCHEMA) as writer:
+            for table in stream_records(files, _ROW_IMPORTERS[fmt](left_out), schema, on_invalid, report):
+                writer.write_table(table.select(LIST_SCHEMA.names).cast(LIST_SCHEMA))
     result = ImportReport(fmt, out, report, left_out)
     if not quiet:
         print(f"[lipo] {result.summary()}", flush=True)

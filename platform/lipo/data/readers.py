@@ -14,13 +14,16 @@ or, with `on_invalid="skip"`, is counted in the `ReadReport` (by the reason of i
 Duplicate ids are invalid too (ids key joins such as cached reference log-probs). The valid rows come back as
 one Arrow table in `LIST_SCHEMA` form with every id filled (see `lipo.data.records`).
 
-Two ways to read:
+Three ways to read:
 - `read_records` / `read_lists`: one streaming pass in this process, for what is small by nature (a held-out set,
-  an import, a test).
+  a test), returned as one table.
+- `stream_records`: the same pass (same checks, duplicate ids included) yielding tables of a few thousand rows, so
+  that a caller writing them out as they come (`lipo import`) holds one batch and the seen ids, never the data set.
 - `read_unit`: one `ReadUnit` (a JSONL file, or Parquet row groups) validated on its own, as the tasks of a Ray Data
   read do (`lipo.data.distributed`). Its report merges with the others' (`ReadReport.merge`); duplicate ids across
   units are then found from id hashes (`lipo.data.distributed`), since no single task sees every id.
 
+`atomic_file` gives a writer a hidden temporary path that replaces the target only when writing succeeded.
 `write_lists` writes ONE Parquet file (not a directory of shards): a single file is simplest to version, hash and
 pass between stages. It validates every row and replaces the file atomically, so a crashed write never leaves half
 a dataset behind.
@@ -35,6 +38,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -50,7 +54,8 @@ MAX_FIRST_ERRORS = 5
 _BATCH_ROWS = 4096
 _COLUMNS = frozenset(LIST_SCHEMA.names)
 
-__all__ = ["ReadReport", "list_row", "read_lists", "read_records", "read_unit", "resolve_paths", "write_lists"]
+__all__ = ["ReadReport", "atomic_file", "list_row", "read_lists", "read_records", "read_unit", "resolve_paths",
+           "stream_records", "write_lists"]
 
 
 @dataclass
@@ -180,6 +185,10 @@ class _Collector:
             self._tables.append(pa.Table.from_pylist(self._rows, schema=self.schema))
             self._rows = []
 
+    def drain(self) -> Iterator[pa.Table]:
+        while self._tables:
+            yield self._tables.pop(0)
+
     def table(self) -> pa.Table:
         self._flush()
         return pa.concat_tables(self._tables) if self._tables else self.schema.empty_table()
@@ -203,27 +212,45 @@ def read_records(
     `to_row(item) -> (id, row)` raises `InvalidRecord` for a bad item; other stages (SFT demonstrations, prompts)
     reuse the same file/row/field error reporting and skip counting this way.
     """
+    report = ReadReport()
+    tables = list(stream_records(paths, to_row, schema, on_invalid, report))
+    return (pa.concat_tables(tables) if len(tables) > 1 else tables[0]), report
+
+
+def stream_records(
+    paths: PathSpec | Sequence[PathSpec],
+    to_row: Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]],
+    schema: pa.Schema,
+    on_invalid: Literal["error", "skip"],
+    report: ReadReport,
+) -> Iterator[pa.Table]:
+    """`read_records`' pass, yielding the valid rows in tables of up to a few thousand rows as they are validated;
+    counts go into `report`. Raises `DataError` at the end if no row was valid."""
     if on_invalid not in ("error", "skip"):
         raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
     collector = _Collector(on_invalid, to_row, schema)
+    collector.report = report
     wanted = _wanted(schema)
     for unit in plan_units(resolve_paths(paths)):
-        _collect(collector, unit, wanted)
-    table = collector.table()
-    if table.num_rows == 0:
-        first = collector.report.first_errors[0] if collector.report.first_errors else ""
-        raise DataError(f"no valid rows: {collector.report.summary()}; first error: {first}")
-    return table, collector.report
+        for _ in _collect(collector, unit, wanted):
+            yield from collector.drain()
+    collector._flush()
+    yield from collector.drain()
+    if report.rows_valid == 0:
+        first = report.first_errors[0] if report.first_errors else ""
+        raise DataError(f"no valid rows: {report.summary()}; first error: {first}")
 
 
 def _wanted(schema: pa.Schema) -> frozenset[str]:
     return frozenset(schema.names) | {"prompt", "prompt_messages"}
 
 
-def _collect(collector: _Collector, unit: ReadUnit, wanted: frozenset[str]) -> None:
+def _collect(collector: _Collector, unit: ReadUnit, wanted: frozenset[str]) -> Iterator[None]:
+    """Add the unit's rows to `collector`, yielding after each so the caller can drain full batches."""
     collector.report.files.setdefault(unit.name, FileCounts())
     for n, item in unit_rows(unit, wanted):
         collector.add(unit.name, n, item)
+        yield
     if unit.rows is None and collector.report.files[unit.name].rows_read == 0:  # a JSONL file (Parquet: planning)
         raise DataError(f"{unit.name}: has no rows")
 
@@ -294,11 +321,19 @@ def write_lists(data: pa.Table | Iterable[ListRecord | Mapping[str, Any]], path:
     table = pa.Table.from_pylist(list(_valid_rows(data)), schema=LIST_SCHEMA)
     if table.num_rows == 0:
         raise DataError(f"write_lists: no rows to write to {out}")
+    with atomic_file(out) as tmp:
+        pq.write_table(table, tmp)
+    return out
+
+
+@contextmanager
+def atomic_file(path: PathSpec) -> Iterator[Path]:
+    """A temporary path beside `path` to write to; it replaces `path` only if the block ends without an error."""
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")  # hidden, so a directory read never picks it up
     try:
-        pq.write_table(table, tmp)
+        yield tmp
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return out

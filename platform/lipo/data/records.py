@@ -21,6 +21,12 @@ a string column:
 Exactly one of the two is set. Input files may also carry chat messages directly in `prompt` (a JSON list or a
 Parquet list<struct> column); `row_to_record` accepts both forms, `record_to_row` always writes the typed form.
 
+Message content may also be OpenAI content parts, `[{"type": "text", "text": ...}, ...]`: `content_text`
+concatenates the text parts as they are, with no separator (as lipo's OpenAI server does with the parts of a chat
+request, `lipo.serving.schemas`, so a prompt reads the same in training data and at serving; the parts carry their
+own whitespace). Any other part (`image_url`, `input_audio`, `file`, ...) is an error naming the part, e.g.
+`prompt[0].content[1].type`: lipo's models read text only, and dropping an image silently would change the task.
+
 Ids: a row without `id` gets `content_id(prompt, responses)`: the first 16 hex digits of the SHA-1 of the canonical
 JSON of prompt *and* responses. Hashing the prompt alone would give the same id to two lists sampled for one
 prompt (common across sampling rounds), and ids key joins such as cached reference log-probs; hashing content
@@ -88,13 +94,52 @@ FiniteFloat = Annotated[float, Strict(), AfterValidator(_finite)]
 Label = Annotated[float, Strict(), AfterValidator(_unit_interval)]
 
 
+class BadContent(ValueError):
+    """Content that is neither a string nor text content parts; `where` is the path below `content` (`[1].type`)."""
+
+    def __init__(self, where: str, message: str):
+        super().__init__(message)
+        self.where, self.message = where, message
+
+
+def content_text(content: Any) -> str:
+    """A message's content as text: a string as is, OpenAI content parts as their text parts concatenated."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise BadContent("", f"must be a string or a list of content parts, got {_type_name(content)}")
+    texts = []
+    for i, part in enumerate(content):
+        if not isinstance(part, Mapping):
+            raise BadContent(f"[{i}]", f"must be a content part object, got {_type_name(part)}")
+        if part.get("type") != "text":
+            raise BadContent(f"[{i}].type", f"only text content parts can be read, got '{part.get('type')}' "
+                                            "(lipo's models read text only)")
+        if not isinstance(part.get("text"), str):
+            raise BadContent(f"[{i}].text", f"must be a string, got {_type_name(part.get('text'))}")
+        texts.append(part["text"])
+    if not texts:
+        raise BadContent("", "must not be an empty list of content parts")
+    return "".join(texts)
+
+
 class ChatMessage(BaseModel):
-    """One chat turn; extra keys (e.g. `name`) are dropped."""
+    """One chat turn; extra keys (e.g. `name`) are dropped; content parts become text (`content_text`)."""
 
     model_config = ConfigDict(extra="ignore")
 
     role: str
     content: str
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_of_parts(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v
+        try:
+            return content_text(v)
+        except BadContent as exc:
+            raise _fail("bad_message", exc.message) from None
 
 
 class ListRecord(BaseModel):
@@ -168,9 +213,10 @@ def _check_message(i: int, m: Any) -> ChatMessage:
     if not isinstance(role, str) or not role.strip():
         got = _type_name(role) if not isinstance(role, str) else "an empty string"
         raise _fail("bad_message", f"must be a non-empty string, got {got}", f"{where}.role")
-    if not isinstance(content, str):
-        raise _fail("bad_message", f"must be a string, got {_type_name(content)}", f"{where}.content")
-    return ChatMessage(role=role, content=content)
+    try:
+        return ChatMessage(role=role, content=content_text(content))
+    except BadContent as exc:
+        raise _fail("bad_message", exc.message, f"{where}.content{exc.where}") from None
 
 
 def _plain_prompt(prompt: str | list[ChatMessage] | list[dict[str, str]]) -> str | list[dict[str, str]]:

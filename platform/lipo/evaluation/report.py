@@ -5,12 +5,14 @@
 
 In MLflow the run holds: the `eval/*` metrics; `eval/samples_table.json`, a table (prompt, both responses, both
 rewards, the outcome) that the MLflow UI shows under Evaluation; and the directory `eval/` with the histogram PNG
-of both sides' rewards, the samples and the metrics. The run is tagged `eval.train_run_id` (and nested under
+of both sides' rewards, the samples and the metrics; and the evaluated prompts as an MLflow dataset (context
+`evaluation`, source `samples.jsonl`, digest of the prompt ids). The run is tagged `eval.train_run_id` (and nested under
 `parent_run_id` when given), so the training run and its evaluations find each other.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -76,6 +78,10 @@ def log_report(uri: str, run_id: str, out_dir: Path, rows: list[dict], metrics: 
         client.set_tag(run_id, k, v)
     client.log_table(run_id, data=_table(rows), artifact_file="eval/samples_table.json")
     tracking.log_artifacts(uri, run_id, out_dir, "eval")
+    # The evaluated prompts, as the run's dataset: their ids in order make the digest (the rows are here already)
+    ids = hashlib.sha256("\n".join(str(r["id"]) for r in rows).encode()).hexdigest()[:16]
+    tracking.log_datasets(uri, run_id, [str(Path(out_dir) / "samples.jsonl")], "evaluation", name="eval-prompts",
+                          digests=[ids])
 
 
 def train_run_id(explicit: str | None, policy_spec: str, registry_uri: str) -> str | None:

@@ -6,8 +6,9 @@ Run it with `lipo build-lists CONFIG.yaml [key=value ...]` (the CLI and the pipe
 prepare (config, models and the output directory before Ray, then the distributed validation pass over the prompts;
 `lipo.lists.pipeline.prepare`),
 open the MLflow run (`lipo.tracking.stage_run`), run the Ray Data pipeline shard by shard (progress metrics per
-shard), write the manifest, log its numbers with the manifest and a sample table as artifacts. Rerunning the same
-config into the same `output.dir` resumes; a finished build is not redone (and opens no run).
+shard), write the manifest, log its numbers with the manifest and a sample table as artifacts, and the prompts and
+lists as MLflow datasets. Rerunning the same config into the same `output.dir` resumes; a finished build is not
+redone (and opens no run).
 Tests: tests/workflows/test_build_lists_e2e.py.
 """
 
@@ -23,7 +24,7 @@ from lipo import tracking
 from lipo.lists.config import BuildListsConfig
 from lipo.lists.manifest import sample_rows
 from lipo.lists.pipeline import Plan, execute, finalize, manifest_metrics, prepare
-from lipo.runtime import ensure_ray
+from lipo.runtime import check_shared_storage, ensure_ray
 
 STAGE = "build-lists"
 
@@ -45,6 +46,9 @@ def build_lists(cfg: BuildListsConfig, parent_run_id: str | None = None) -> Buil
         print(f"[lipo] {plan.out.root} is already complete; nothing to do", flush=True)
         return BuildResult(plan.out.root, plan.out.manifest(), None, None)
 
+    if plan.pending:
+        ensure_ray()
+        check_shared_storage(plan.out.root)  # workers on other nodes write shards there: it must be shared storage
     t = cfg.tracking
     # MLflow's default store sits beside a local output.dir; with an object-store output.dir, in the working directory
     local_parent = str(plan.out.root.parent) if plan.out.local else "."
@@ -56,7 +60,6 @@ def build_lists(cfg: BuildListsConfig, parent_run_id: str | None = None) -> Buil
             run.log_metrics({"progress/shards_done": done, "progress/lists": record["lists"]}, done)
 
         if plan.pending:
-            ensure_ray()
             execute(plan, on_shard)
         manifest = finalize(plan)
         run.log_metrics(manifest_metrics(manifest), len(plan.shards))
@@ -69,7 +72,10 @@ def build_lists(cfg: BuildListsConfig, parent_run_id: str | None = None) -> Buil
 
 
 def _log_artifacts(run: tracking.StageRun, plan: Plan, manifest: dict[str, Any]) -> None:
-    """`manifest.json` and `sample_table.json` (MLflow's table layout) under the run's `build-lists/`."""
+    """`manifest.json` and `sample_table.json` (MLflow's table layout) under the run's `build-lists/`; the prompts
+    (context `input`) and the lists (context `output`, digest of their manifest) as MLflow datasets."""
+    run.log_datasets(plan.cfg.input.prompts, "input", name="prompts")
+    run.log_datasets([str(plan.out.root)], "output", name="lists")
     with tempfile.TemporaryDirectory() as tmp:
         rows = sample_rows(plan.out, manifest["files"], plan.cfg.output.sample_rows)
         columns = list(rows[0]) if rows else []

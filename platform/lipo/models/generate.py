@@ -18,6 +18,11 @@ How it stays fast and reproducible:
   (`logits_to_keep=1`).
 - **Few host syncs.** Tokens stay on the device until the end; "are all rows done?" is asked every
   `STOP_CHECK_EVERY` steps on a GPU (each ask stalls the launch queue), every step on the CPU (free there).
+- **Optional per-step callback** (`on_step`, for streaming): `on_step(t, nxt)` runs after step t's draw and before
+  the next forward, with the [N] ids on the device; returning True ends every row there (its readers are gone).
+  When None (build-lists, evaluation, whole answers) nothing changes. When given, the callback usually copies `nxt`
+  to the host (one sync per step: the price of streaming), so the "all rows done?" check then runs every step as
+  well, adding no further stall.
 - **Both cache APIs.** transformers < 5.24 takes `past_key_values=`, later releases `cache=`; the keyword is read
   from the model's signature once per call. The cache object is made here and updated in place, so no output field
   is read.
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -164,21 +170,26 @@ def _check_every(device: torch.device) -> int:
 
 @torch.no_grad()
 def sample_ids(model, prompt_ids: list[list[int]], seeds: list[int], p: SamplingParams, pad_id: int,
-               eos_id: int) -> list[list[int]]:
+               eos_id: int, on_step: Callable[[int, torch.Tensor], bool | None] | None = None) -> list[list[int]]:
     """One completion (token ids, EOS excluded) per prompt row; row i's draws depend only on seeds[i] and its own
-    prompt. Rows may repeat a prompt: each distinct prompt is prefilled once."""
+    prompt. Rows may repeat a prompt: each distinct prompt is prefilled once. `on_step(t, nxt)` (optional) sees each
+    step's ids ([N], on the device; rows past their EOS keep drawing and are cut afterwards) as soon as they are
+    drawn; it does not change the result, unless it returns True: then every row ends at that step (a stream whose
+    readers have all gone)."""
     device = next(model.parameters()).device
     n = len(prompt_ids)
     keywords = _forward_keywords(model)
     cache, logits, attn, positions = _prefill(model, prompt_ids, pad_id, device, keywords)  # [N, V], [N, W], [N, 1]
     cache_kw = keywords[0]
     row_seeds = torch.tensor([int(s) for s in seeds], dtype=torch.long, device=device)  # [N]
-    check_every = _check_every(device)
+    check_every = 1 if on_step is not None else _check_every(device)  # the callback syncs anyway
     done = torch.zeros(n, dtype=torch.bool, device=device)
     steps: list[torch.Tensor] = []  # [N] per step
     for t in range(p.max_new_tokens):
         nxt = draw(logits, p, row_seeds, t)  # [N]
         steps.append(nxt)
+        if on_step is not None and on_step(t, nxt):
+            break
         done |= nxt == eos_id
         if t + 1 == p.max_new_tokens or ((t + 1) % check_every == 0 and bool(done.all())):
             break

@@ -1,7 +1,14 @@
 """The end of `lipo run`: register the policy in the MLflow Model Registry and report what happened.
 
 The summary goes to the console (its last lines say where to look) and to the pipeline's MLflow parent run
-(metrics plus `summary.json`).
+(metrics plus `summary.json`), so the run table shows the comparison without opening the children:
+
+- `eval/*`: the evaluation's metrics as they are (`eval/win_rate` with `eval/win_rate_ci_low`/`_ci_high`, the gold
+  judge's `eval/fn_win_rate...`, `eval/kl`, ...);
+- each training child's final metrics under its own prefix (`CHILD_PREFIXES`: `sft/`, `rm/`, `train/`): its
+  `train/x` as `<prefix>/x` (e.g. `train/loss`, `sft/loss`), its held-out `eval/x` as `<prefix>/heldout_x` (e.g.
+  `rm/heldout_pair_accuracy`); bookkeeping (`BOOKKEEPING`: learning rate, throughput, ...) is left in the child;
+- `summary/*`: the numbers of `summary.json` (list counts, agreements), as before.
 """
 
 from __future__ import annotations
@@ -17,21 +24,33 @@ from lipo.data.readers import read_lists
 from lipo.data.records import prompt_of
 from lipo.lists.scorers import resolve_function
 from lipo.metrics import pairwise_accuracy
+from lipo.mlflow_models import logged_model_id
 from lipo.pipeline.resolve import GOLD_REWARD
 from lipo.tracking import StageRun
 
 
 def register_model(uri: str, train_run_id: str, name: str, alias: str) -> dict:
-    """Register the trained policy's HF directory (`model/` of its run) as a new version, and point `alias` at it."""
+    """Register the trained policy as a new version of `name`, and point `alias` at it. The version's source is the
+    run's transformers-flavour logged model (`lipo.mlflow_models`), so `mlflow models serve -m models:/NAME@ALIAS`
+    and `mlflow.transformers.load_model` work; a run without one (its model on object storage, or logged as raw
+    files by an older lipo) registers its `model/` artifacts as before."""
     c = tracking.client(uri)
     try:
         c.get_registered_model(name)
     except Exception:  # noqa: BLE001 - MLflow raises its own RestException for a missing model
         c.create_registered_model(name)
-    source = f"{c.get_run(train_run_id).info.artifact_uri}/model"
-    version = c.create_model_version(name, source, run_id=train_run_id)
+    model_id = logged_model_id(uri, train_run_id)
+    if model_id is not None:
+        # The logged model's storage location, not `models:/m-ID`: MLflow 3.17 resolves the latter with the global
+        # tracking URI, not this client's.
+        version = c.create_model_version(name, c.get_logged_model(model_id).artifact_location, run_id=train_run_id,
+                                         model_id=model_id)
+    else:
+        version = c.create_model_version(name, f"{c.get_run(train_run_id).info.artifact_uri}/model",
+                                         run_id=train_run_id)
     c.set_registered_model_alias(name, alias, version.version)
-    return {"name": name, "version": version.version, "alias": alias, "uri": f"models:/{name}@{alias}"}
+    return {"name": name, "version": version.version, "alias": alias, "uri": f"models:/{name}@{alias}",
+            "model_id": model_id}
 
 
 def judge_agreement(lists_dir: str, judge: str) -> float | None:
@@ -53,6 +72,23 @@ def judge_agreement(lists_dir: str, judge: str) -> float | None:
     for b, (r, v) in enumerate(zip(rows, verdicts)):
         scores[b, :len(v)], gold[b, :len(v)], mask[b, :len(v)] = torch.tensor(r["rewards"]), torch.tensor(v), True
     return float(pairwise_accuracy(scores, gold, mask))
+
+
+CHILD_PREFIXES = {"sft": "sft", "reward_model": "rm", "train": "train"}  # pipeline result key -> metric prefix
+BOOKKEEPING = {"lr", "tokens_per_s", "grad_norm", "epoch"}
+
+
+def parent_metrics(res: dict) -> dict[str, float]:
+    """The children's metrics that go on the parent run (see the module docstring)."""
+    out = {k: float(v) for k, v in res.get("evaluate", {}).get("metrics", {}).items() if k.startswith("eval/")}
+    for key, prefix in CHILD_PREFIXES.items():
+        for name, v in res.get(key, {}).get("metrics", {}).items():
+            ns, _, rest = name.partition("/")
+            if ns == "train" and rest not in BOOKKEEPING:
+                out[f"{prefix}/{rest}"] = float(v)
+            elif ns == "eval":
+                out[f"{prefix}/heldout_{rest}"] = float(v)
+    return out
 
 
 def _fmt_rate(m: dict, prefix: str) -> str:
@@ -83,7 +119,7 @@ def report_summary(parent: StageRun, cfg, res: dict, skipped: list[str]) -> dict
     }
     numeric = {f"summary/{k.replace('eval/', '')}": float(v) for k, v in summary.items()
                if isinstance(v, (int, float)) and v is not None}
-    parent.log_metrics(numeric, 0)
+    parent.log_metrics({**numeric, **parent_metrics(res)}, 0)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         parent.log_artifacts(tmp, "")

@@ -13,15 +13,17 @@ bodies are in `lipo.serving.routes`; `lipo.serving.local` runs the application o
 
 Request path: proxy -> `Guard` (401 / 413, see `lipo.serving.security`) -> FastAPI body validation (422 naming the
 field) -> config limits (422) -> DeploymentHandle call under `asyncio.wait_for` (408 past
-`limits.request_timeout_s`; a client cannot switch this one off, unlike Serve's proxy timeout, which honours an
-`x-request-timeout-seconds` header). A full deployment queue is Serve's 503 (`max_queued_requests`), at the proxy
-for the ingress and at the handle for a model deployment.
+`limits.request_timeout_s`, for a stream's whole answer too; a client cannot switch this one off, unlike Serve's
+proxy timeout, which honours an `x-request-timeout-seconds` header). A full deployment queue is Serve's 503
+(`max_queued_requests`), at the proxy for the ingress and at the handle for a model deployment. A stream
+(`stream: true`) meets all of these before its response starts: `sample_stream` awaits its first event first.
 """
 
 # No `from __future__ import annotations` here: Serve's typed builder reads `build_app`'s annotation as a class.
 import asyncio
 import secrets
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
@@ -35,8 +37,18 @@ from lipo.serving.routes import install_error_handlers, router
 from lipo.serving.security import ApiError, Guard, check_bind, check_limits, key_digest, load_api_key
 
 
-def _stops(stop: str | list[str] | None) -> list[str]:
-    return [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
+async def _bounded(awaitable, cancel, timeout: float, limit: float) -> Any:
+    """A model's answer (or a stream's next event) within `timeout` seconds: past it, `cancel()` and a 408 naming the
+    request's `limit`; Serve's overload errors and a dead replica (Serve replaces it) become OpenAI-style 503s."""
+    try:
+        return await asyncio.wait_for(awaitable, max(timeout, 0.0))
+    except asyncio.TimeoutError:
+        cancel()
+        raise ApiError(408, f"the model did not answer within {limit}s") from None
+    except (BackPressureError, DeploymentUnavailableError) as exc:
+        raise ApiError(503, f"the server is at capacity, retry later ({type(exc).__name__})") from None
+    except RayActorError:  # the replica died mid-request
+        raise ApiError(503, "a model replica failed; retry the request") from None
 
 
 @serve.deployment(name="LipoIngress")
@@ -59,15 +71,8 @@ class Ingress:
     async def call(self, method, *args) -> Any:
         """One model call, bounded by the request timeout; Serve's overload errors become OpenAI-style 503s."""
         response = method.remote(*args)
-        try:
-            return await asyncio.wait_for(asyncio.ensure_future(response), self.cfg.limits.request_timeout_s)
-        except asyncio.TimeoutError:
-            response.cancel()
-            raise ApiError(408, f"the model did not answer within {self.cfg.limits.request_timeout_s}s") from None
-        except (BackPressureError, DeploymentUnavailableError) as exc:
-            raise ApiError(503, f"the server is at capacity, retry later ({type(exc).__name__})") from None
-        except RayActorError:  # the replica died mid-request; Serve replaces it
-            raise ApiError(503, "a model replica failed; retry the request") from None
+        limit = self.cfg.limits.request_timeout_s
+        return await _bounded(asyncio.ensure_future(response), response.cancel, limit, limit)
 
     def policy_handle(self, name: str):
         if name not in self.policies:
@@ -81,15 +86,46 @@ class Ingress:
             raise ApiError(404, f"model: unknown reward model '{name}' (served: {self.cfg.reward.name})", "model")
         return self.reward
 
-    async def sample(self, model: str, prompts: list, n: int, max_tokens: int, req) -> tuple[list[dict], int]:
-        """(choices, prompt tokens) of `n` samples per prompt from policy `model`, with `req`'s sampling options."""
+    def _job(self, model: str, prompts: list, n: int, max_tokens: int, req) -> tuple[Any, dict]:
+        """(policy handle, `PolicyModel.generate` job) after the limits: nothing reaches a model before them."""
         check_limits(self.cfg.limits, n=n * len(prompts), max_tokens=max_tokens)
         handle = self.policy_handle(model)
         seed = req.seed if req.seed is not None else secrets.randbits(31)
-        job = {"prompts": prompts, "n": n, "seed": seed, "max_tokens": max_tokens, "temperature": req.temperature,
-               "top_p": req.top_p, "stop": _stops(req.stop)}
+        return handle, {"prompts": prompts, "n": n, "seed": seed, "max_tokens": max_tokens,
+                        "temperature": req.temperature, "top_p": req.top_p, "stop": req.stops(),
+                        "logprobs": req.top_k_logprobs()}
+
+    async def sample(self, model: str, prompts: list, n: int, max_tokens: int, req) -> tuple[list[dict], int]:
+        """(choices, prompt tokens) of `n` samples per prompt from policy `model`, with `req`'s sampling options
+        (a `schemas._Sampling` request); a choice is as `PolicyModel.generate` returns it."""
+        handle, job = self._job(model, prompts, n, max_tokens, req)
         out = await self.call(handle.generate, job)
         return out["choices"], out["prompt_tokens"]
+
+    async def sample_stream(self, model: str, prompts: list, n: int, max_tokens: int, req) -> AsyncIterator[dict]:
+        """`PolicyModel.generate_stream`'s events, the first one awaited here: limits, 404, 408 and 503 are raised
+        before the caller starts its response. Later events share the same deadline (`limits.request_timeout_s`
+        for the whole answer); an error among them reaches the caller mid-stream."""
+        handle, job = self._job(model, prompts, n, max_tokens, req)
+        gen = handle.options(stream=True).generate_stream.remote(job)
+        deadline = time.monotonic() + self.cfg.limits.request_timeout_s  # for the whole answer
+        limit = self.cfg.limits.request_timeout_s
+        first = await _bounded(gen.__anext__(), gen.cancel, limit, limit)
+
+        async def events() -> AsyncIterator[dict]:
+            ended = False
+            try:
+                yield first
+                while True:
+                    try:
+                        yield await _bounded(gen.__anext__(), gen.cancel, deadline - time.monotonic(), limit)
+                    except StopAsyncIteration:
+                        ended = True
+                        return
+            finally:
+                if not ended:  # the client went away (or an error): stop the replica's side of the stream
+                    gen.cancel()
+        return events()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPI(title="lipo", docs_url=None, redoc_url=None, openapi_url=None)

@@ -18,6 +18,7 @@ import time
 
 import ray.serve  # `import ray.serve`, not `from ray import serve`: `serve` is this module's entry point
 
+from lipo import console
 from lipo.runtime import ensure_ray
 from lipo.serving.app import build, serve_http
 from lipo.serving.config import ServeConfig
@@ -63,6 +64,7 @@ def start_local(cfg: ServeConfig, api_key: str | None, insecure: bool = False, l
     host, port = (running_host, running_port) if running_host is not None else (cfg.http.host, port)
     ray.serve.run(build(cfg, key_digest(api_key)), name=cfg.app_name, route_prefix=cfg.http.route_prefix,
                   logging_config={"log_level": log_level})
+    console.quiet_loggers()  # Serve's driver-side loggers exist now: a quiet CLI sends them to the log file
     client_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     return f"http://{client_host}:{port}{cfg.http.route_prefix.rstrip('/')}"
 

@@ -4,9 +4,12 @@
     local = resolve("models:/lipo-policy@champion")       # replica side: download once, return the HF directory
     model, tok = load_reward("builtin:tiny-reward")       # via lipo.models.reward_loading
 
-MLflow URIs (`models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/RUN_ID/model`) are downloaded with
-`mlflow.artifacts.download_artifacts`; the training stage logs its exported HF directory under `model/` of its run,
-so `runs:/RUN_ID` alone also works (the `model/` folder is found inside). Models then load through
+MLflow URIs (`models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/RUN_ID/model`, `models:/m-ID`) are downloaded
+with `mlflow.artifacts.download_artifacts`; `runs:/RUN_ID` alone means `runs:/RUN_ID/model`. Two layouts are
+understood: an MLflow transformers-flavour model (what training logs now, `lipo.mlflow_models`: `MLmodel`, the
+checkpoint under its `model_binary` folder, the tokenizer under `components/tokenizer/`, copied into the checkpoint
+folder when only it has one, as MLflow's own in-memory save writes it), and the raw HF directory that runs logged
+under `model/` before. Models then load through
 `lipo.models.loading` (policies) and `lipo.models.reward_loading` (reward models), so serving, build-lists and
 training read a checkpoint the same way.
 """
@@ -14,6 +17,7 @@ training read a checkpoint the same way.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -40,25 +44,61 @@ def check_source(spec: str, key: str, reward: bool = False) -> None:
     check_model_spec(spec, key)
 
 
+def _flavour_hf_dir(root: Path) -> Path | None:
+    """The checkpoint folder of a transformers-flavour model at `root` (tokenizer completed), or None: no MLmodel
+    with a transformers flavour there."""
+    import yaml
+
+    if not (root / "MLmodel").is_file():
+        return None
+    flavour = (yaml.safe_load((root / "MLmodel").read_text()).get("flavors") or {}).get("transformers")
+    if not flavour or not (root / flavour.get("model_binary", "model") / "config.json").is_file():
+        return None
+    hf = root / flavour.get("model_binary", "model")
+    tok = root / "components" / "tokenizer"
+    if tok.is_dir() and not (hf / "tokenizer_config.json").is_file():  # loaders want one self-contained directory
+        for f in tok.iterdir():
+            if f.is_file():
+                shutil.copy2(f, hf / f.name)
+    return hf
+
+
 def _hf_dir(root: Path, spec: str) -> Path:
-    """The HF directory inside a download: the root itself, or its `model/` folder (a whole run was given)."""
+    """The HF directory inside a download: a flavoured model's checkpoint folder, else a raw HF directory (the root
+    or its `model/` folder, as older runs logged it)."""
     for cand in (root, root / "model"):
+        hf = _flavour_hf_dir(cand)
+        if hf is not None:
+            return hf
         if (cand / "config.json").is_file():
             return cand
-    raise LipoError(f"{spec}: the downloaded artifacts hold no Hugging Face model (no config.json in {root} or "
-                    f"{root}/model)")
+    raise LipoError(f"{spec}: the downloaded artifacts hold no Hugging Face model (no MLmodel with a transformers "
+                    f"flavour and no config.json in {root} or {root}/model)")
 
 
-def _registry_source(spec: str, uri: str | None) -> str:
-    """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> the artifact location of that model version."""
+def _artifact_source(spec: str, uri: str | None) -> str:
+    """The storage location to download for an MLflow URI, looked up on `uri` (MLflow 3.17 resolves a run's logged
+    model and `models:/m-ID` with the global tracking URI, whatever `download_artifacts` is given)."""
     from mlflow.tracking import MlflowClient  # mlflow is slow to import and needed for MLflow URIs only
 
+    from lipo.mlflow_models import logged_model_id
+
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    name, _, version = spec[len("models:/"):].partition("/")
+    if spec.startswith("runs:/"):  # runs:/ID/NAME[/sub]: the run's logged model NAME, else its artifacts
+        run_id, _, path = spec[len("runs:/"):].partition("/")
+        name, _, sub = path.partition("/")
+        model_id = logged_model_id(uri, run_id, name)
+        if model_id is None:
+            return spec
+        return "/".join([client.get_logged_model(model_id).artifact_location, *([sub] if sub else [])])
+    name, _, version = spec[len("models:/"):].strip("/").partition("/")
     name, _, alias = name.partition("@")
+    if not alias and not version:  # models:/m-ID, a logged model
+        return client.get_logged_model(name).artifact_location
     if alias:
         version = client.get_model_version_by_alias(name, alias).version
-    return client.get_model_version_download_uri(name, version)
+    source = client.get_model_version_download_uri(name, version)
+    return _artifact_source(source, uri) if source.startswith(MLFLOW_SCHEMES) else source
 
 
 def resolve(spec: str, tracking_uri: str | None = None, cache_dir: str | None = None) -> str:
@@ -73,9 +113,9 @@ def resolve(spec: str, tracking_uri: str | None = None, cache_dir: str | None = 
     dst.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     try:
-        # The registry is looked up on the same server as the runs (download_artifacts alone would use the global
-        # registry URI, not `uri`).
-        source = _registry_source(spec, uri) if spec.startswith("models:/") else spec
+        # The registry and logged models are looked up on the same server as the runs (download_artifacts alone
+        # would use the global tracking and registry URIs, not `uri`).
+        source = _artifact_source(spec, uri)
         local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=uri)
     except Exception as exc:  # MLflow raises many types (RestException, MlflowException, OSError)
         raise LipoError(f"cannot download {spec}: {str(exc).strip().splitlines()[0]}") from exc

@@ -5,14 +5,14 @@
 
 Used by `Ingress.__serve_build_asgi_app__` (one FastAPI app per ingress replica; start it with `lipo serve` or
 `serve run deploy/serve/lipo.yaml`). Routes check the config's limits (422) before any model call, and reach the
-models only through `Ingress.call` (408 past the request timeout, 503 when a deployment is at capacity).
+models only through `Ingress.call` (408 past the request timeout, 503 when a deployment is at capacity). Bodies and
+SSE streams (`stream: true`) are rendered by `lipo.serving.streaming`; a stream's response starts only after the
+policy's first event, so it meets every check and error above exactly as a whole answer does.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the routes' annotations as real classes.
 import asyncio
 import logging
-import time
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -22,6 +22,8 @@ from starlette.exceptions import HTTPException
 
 from lipo.serving import schemas as S
 from lipo.serving.security import ApiError, check_limits
+from lipo.serving.streaming import (chat_body, chat_chunks, completion_body, completion_chunks, incremental_chunks,
+                                    sse_response)
 
 log = logging.getLogger("ray.serve")
 
@@ -52,6 +54,10 @@ async def _invalid(_, exc: RequestValidationError) -> JSONResponse:
         if e["type"] == "json_invalid":
             problems.append(f"request body is not valid JSON ({e.get('ctx', {}).get('error', e['msg'])})")
             continue
+        if e["type"] == "refused_field":  # an OpenAI field lipo refuses: the message names it (schemas.refusal)
+            first = first or e["ctx"]["field"]
+            problems.append(e["msg"])
+            continue
         field = ".".join(loc) or "body"
         first = first or field
         msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
@@ -68,13 +74,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def _prompt(p: Any) -> Any:
-    """A request prompt as the model code takes it: text, or a list of {role, content} dicts."""
-    return p if isinstance(p, str) else [{"role": m.role, "content": m.content} for m in p]
-
-
-def _usage(prompt_tokens: int, choices: list[dict]) -> S.Usage:
-    used = sum(c["tokens"] for c in choices)
-    return S.Usage(prompt_tokens=prompt_tokens, completion_tokens=used, total_tokens=prompt_tokens + used)
+    """A request prompt as the model code takes it: text, or a list of {role, content} dicts (OpenAI's newer
+    `developer` role is the model's `system`)."""
+    return p if isinstance(p, str) else [{"role": "system" if m.role == "developer" else m.role,
+                                          "content": m.content} for m in p]
 
 
 class _Routes:
@@ -103,23 +106,29 @@ class _Routes:
                                      kind=self.reward_cfg.kind))
         return S.ModelList(data=cards)
 
+    # A stream starts its response only once the policy's first event is in (see Ingress.sample_stream): limits,
+    # auth and the model's 404 / 408 / 503 are ordinary HTTP errors for it too. With `logprobs` it is the whole
+    # answer sent token by token (log-probs need a forward over the finished answer; see lipo.serving.streaming).
     async def completions(self, req: S.CompletionRequest) -> S.Completion:
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if req.stream and req.top_k_logprobs() is None:
+            events = await self.ing.sample_stream(req.model, prompts, req.n, req.max_tokens, req)
+            return sse_response(incremental_chunks(req, events, len(prompts) * req.n))
         choices, prompt_tokens = await self.ing.sample(req.model, prompts, req.n, req.max_tokens, req)
-        return S.Completion(
-            id=f"cmpl-{uuid.uuid4().hex}", created=int(time.time()), model=req.model,
-            choices=[S.CompletionChoice(index=i, text=c["text"], finish_reason=c["finish_reason"])
-                     for i, c in enumerate(choices)],
-            usage=_usage(prompt_tokens, choices))
+        if req.stream:
+            return sse_response(completion_chunks(req, choices, prompt_tokens))
+        return completion_body(req, choices, prompt_tokens)
 
     async def chat_completions(self, req: S.ChatCompletionRequest) -> S.ChatCompletion:
         max_tokens = req.max_completion_tokens or req.max_tokens or min(256, self.limits.max_tokens)
-        choices, prompt_tokens = await self.ing.sample(req.model, [_prompt(req.messages)], req.n, max_tokens, req)
-        return S.ChatCompletion(
-            id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=req.model,
-            choices=[S.ChatChoice(index=i, message=S.AssistantMessage(content=c["text"]),
-                                  finish_reason=c["finish_reason"]) for i, c in enumerate(choices)],
-            usage=_usage(prompt_tokens, choices))
+        prompts = [_prompt(req.messages)]
+        if req.stream and req.top_k_logprobs() is None:
+            events = await self.ing.sample_stream(req.model, prompts, req.n, max_tokens, req)
+            return sse_response(incremental_chunks(req, events, req.n))
+        choices, prompt_tokens = await self.ing.sample(req.model, prompts, req.n, max_tokens, req)
+        if req.stream:
+            return sse_response(chat_chunks(req, choices, prompt_tokens))
+        return chat_body(req, choices, prompt_tokens)
 
     async def score(self, req: S.ScoreRequest) -> S.ScoreResponse:
         check_limits(self.limits, responses=len(req.responses))

@@ -5,7 +5,8 @@
 
 Steps, top to bottom: prepare (validate and tokenise, before Ray starts: every user mistake surfaces here), open the
 MLflow run, fit with Ray Train's `TorchTrainer` (each worker runs `lipo.training.loop.train_loop` with the task
-object), evaluate the exported model with the task, log the model. A failed fit marks the run FAILED.
+object), evaluate the exported model with the task, log the model (`lipo.mlflow_models`: MLflow's transformers
+flavour) and the input data as an MLflow dataset. A failed fit marks the run FAILED.
 
 Errors: a user's mistake found inside a worker (a `LipoError`) and a worker process that died are one-line
 `LipoError`s (the second says how to resume); anything else is a bug in lipo and keeps its traceback.
@@ -20,7 +21,7 @@ from ray.exceptions import RayActorError
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from lipo import tracking
+from lipo import mlflow_models, tracking
 from lipo.errors import LipoError
 from lipo.runtime import check_shared_storage, ensure_ray
 from lipo.training.loop import train_loop
@@ -41,15 +42,16 @@ class TrainResult:
 def launch(task: Task, parent_run_id: str | None = None, fault: dict | None = None) -> TrainResult:
     """Train `task.cfg` with `task`; `fault` is a test hook that kills a worker once (`engine.fault_hook`)."""
     cfg = task.cfg
-    prep = prepare(task)
+    prep = prepare(task)  # the data's mistakes surface here
     print(f"[lipo] {task.stage} data: {prep.summary}", flush=True)
+    ensure_ray()
+    check_shared_storage(cfg.output_dir)  # multi-node runs need checkpoints on shared storage: before any MLflow run
     resolved = cfg.model_copy(update={"run_name": prep.run_name}).model_dump(mode="json")
     uri = tracking.resolve_uri(cfg.tracking.uri, cfg.output_dir)
     with tracking.stage_run(uri, cfg.tracking.experiment, prep.run_name, task.stage, parent_run_id,
                             config=resolved) as run:
         run.log_metrics(prep.rows.metrics, 0)
-        ensure_ray()
-        check_shared_storage(cfg.output_dir)  # multi-node runs need checkpoints on shared storage
+        run.log_datasets(cfg.data.train, "training", name=f"{task.stage}-data")
         sink = ProgressSink.remote()
         last: dict = {}
 
@@ -66,8 +68,8 @@ def launch(task: Task, parent_run_id: str | None = None, fault: dict | None = No
             raise failure from exc
         evaluated = task.evaluate(prep.model_dir)
         run.log_metrics(evaluated, 0)
-        if isinstance(prep.model_dir, Path):  # on object storage the model stays where it is, named in the log
-            run.log_artifacts(prep.model_dir, "model")
+        # A transformers-flavour MLflow model; on object storage the model stays where it is, named in the log
+        mlflow_models.log_model(run, prep.model_dir)
     print(f"[lipo] model: {prep.model_dir}\n[lipo] mlflow: run '{prep.run_name}' in {uri}", flush=True)
     return TrainResult(prep.run_name, run.run_id, uri, prep.model_dir, {**last, **evaluated})
 

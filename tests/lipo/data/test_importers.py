@@ -170,3 +170,88 @@ def test_cli_import(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lipo.cli", "import", "--format", "nope", str(src), str(out)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "lipo: error: --format: unknown format 'nope'" in bad.stderr
+
+
+def conversation(*turns: tuple[str, str]) -> list[dict]:
+    return [{"role": r, "content": c} for r, c in turns]
+
+
+def test_pairs_ultrafeedback_binarized_conversations(tmp_path):
+    """`HuggingFaceH4/ultrafeedback_binarized` rows: a string prompt and chosen/rejected as whole conversations.
+    The list's prompt becomes the conversation before the reply (system message and earlier turns included)."""
+    sys_ = ("system", "Be brief.")
+    rows = [
+        {"prompt": "Name a prime.", "prompt_id": "x1", "score_chosen": 8.5, "score_rejected": 3.0,
+         "chosen": conversation(("user", "Name a prime."), ("assistant", "7")),
+         "rejected": conversation(("user", "Name a prime."), ("assistant", "9")),
+         "messages": conversation(("user", "Name a prime."), ("assistant", "7"))},
+        # multi-turn with a system message: a string prompt is the last user message
+        {"prompt": "And an even one?",
+         "chosen": conversation(sys_, ("user", "Name a prime."), ("assistant", "7"), ("user", "And an even one?"),
+                                ("assistant", "2")),
+         "rejected": conversation(sys_, ("user", "Name a prime."), ("assistant", "7"), ("user", "And an even one?"),
+                                  ("assistant", "4"))},
+        # the prompt as messages equal to the prefix (surrounding whitespace ignored)
+        {"prompt": conversation(sys_, ("user", "Say hi. ")),
+         "chosen": conversation(sys_, ("user", "Say hi."), ("assistant", "Hi!")),
+         "rejected": conversation(sys_, ("user", "Say hi."), ("assistant", "No."))},
+    ]
+    lists, report = imported(tmp_path, "pairs", rows)
+    assert report.read.rows_valid == 3 and report.read.rows_skipped == 0
+    assert lists[0]["prompt"] is None and lists[0]["prompt_messages"] == conversation(("user", "Name a prime."))
+    assert lists[0]["responses"] == ["7", "9"] and lists[0]["rewards"] == [8.5, 3.0]
+    assert lists[1]["prompt_messages"] == conversation(sys_, ("user", "Name a prime."), ("assistant", "7"),
+                                                       ("user", "And an even one?"))
+    assert lists[1]["responses"] == ["2", "4"] and lists[1]["rewards"] is None
+    assert lists[2]["prompt_messages"] == conversation(sys_, ("user", "Say hi."))
+    assert lists[2]["responses"] == ["Hi!", "No."]
+
+
+def test_pairs_prompt_mismatch_is_an_error_naming_file_row_and_field(tmp_path):
+    good = {"prompt": "A?", "chosen": conversation(("user", "A?"), ("assistant", "a")),
+            "rejected": conversation(("user", "A?"), ("assistant", "b"))}
+    other_user = {**good, "rejected": conversation(("user", "B?"), ("assistant", "b"))}
+    no_system = {"prompt": conversation(("user", "A?")),
+                 "chosen": conversation(("system", "S"), ("user", "A?"), ("assistant", "a")),
+                 "rejected": conversation(("system", "S"), ("user", "A?"), ("assistant", "b"))}
+    ends_with_user = {**good, "chosen": conversation(("user", "A?"))}
+    lists, report = imported(tmp_path, "pairs", [good, other_user, no_system, ends_with_user])
+    assert len(lists) == 1
+    assert report.read.skipped_by_reason == {"rejected: prompt mismatch": 1, "chosen: prompt mismatch": 1,
+                                             "chosen: bad conversation": 1}
+    assert report.read.first_errors[0].endswith(
+        "in.jsonl: row 2: field 'rejected': its last user message 'B?' does not match 'prompt' 'A?'")
+    assert "row 3: field 'chosen': its 2 messages before the last reply do not match the 1 messages of 'prompt'" \
+        in report.read.first_errors[1]
+    assert "row 4: field 'chosen[0].role': the last message must be the assistant's reply, got 'user'" \
+        in report.read.first_errors[2]
+    with pytest.raises(DataError, match=r"in\.jsonl: row 2: field 'rejected': its last user message"):
+        imported(tmp_path, "pairs", [good, other_user], on_invalid="error")
+
+
+def test_openai_content_parts_become_text_and_other_parts_are_errors(tmp_path):
+    def parts(*texts):
+        return [{"type": "text", "text": t} for t in texts]
+
+    rows = [
+        {"prompt": [{"role": "user", "content": parts("Translate: ", "chat")}],
+         "chosen": [{"role": "assistant", "content": parts("Plaudern")}],
+         "rejected": [{"role": "assistant", "content": "Katze"}]},
+        {"chosen": [{"role": "user", "content": parts("Q")}, {"role": "assistant", "content": parts("a", "b")}],
+         "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": parts("c")}]},
+        {"prompt": [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                                 {"type": "image_url", "image_url": {"url": "http://x/cat.png"}}]}],
+         "chosen": "a cat", "rejected": "a dog"},
+        {"prompt": "Q", "chosen": conversation(("user", "Q"), ("assistant", "a")),
+         "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": [{"type": "input_audio"}]}]},
+    ]
+    lists, report = imported(tmp_path, "pairs", rows)
+    assert len(lists) == 2
+    assert lists[0]["prompt_messages"] == [{"role": "user", "content": "Translate: chat"}]  # text parts concatenated
+    assert lists[0]["responses"] == ["Plaudern", "Katze"]
+    assert lists[1]["prompt_messages"] == [{"role": "user", "content": "Q"}] and lists[1]["responses"] == ["ab", "c"]
+    assert report.read.first_errors == [
+        f"{tmp_path / 'in.jsonl'}: row 3: field 'prompt[0].content[1].type': only text content parts can be read, "
+        "got 'image_url' (lipo's models read text only)",
+        f"{tmp_path / 'in.jsonl'}: row 4: field 'rejected[1].content[0].type': only text content parts can be read, "
+        "got 'input_audio' (lipo's models read text only)"]

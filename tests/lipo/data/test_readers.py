@@ -125,7 +125,7 @@ def test_empty_missing_and_unknown_files(tmp_path):
     expect_error(str(tmp_path / "nope.jsonl"), f"file not found: {tmp_path / 'nope.jsonl'}")
     csv = tmp_path / "lists.csv"
     csv.write_text("prompt,responses\n")
-    expect_error(str(csv), f"{csv}: unknown file extension '.csv' (expected .jsonl, .json or .parquet)")
+    expect_error(str(csv), f"{csv}: unknown file extension '.csv' (expected .jsonl, .json, .parquet or .arrow)")
     empty_pq = tmp_path / "empty.parquet"
     pq.write_table(LIST_SCHEMA.empty_table(), empty_pq)
     expect_error(str(empty_pq), f"{empty_pq}: has no rows")
@@ -186,9 +186,10 @@ def test_directories_and_globs_sorted_with_hidden_files_skipped(tmp_path):
     assert [f.name for f in resolve_paths(str(d / "*.json*"))] == [str(d / "a.json"), str(d / "b.jsonl")]
     assert resolve_paths([str(d / "a.json"), str(d)])[0].name == str(d / "a.json")  # each file once
     assert len(resolve_paths([str(d / "a.json"), str(d)])) == 3
-    expect_error(str(d / "*.txt"), f"no .jsonl, .json or .parquet files match {d / '*.txt'}")
+    expect_error(str(d / "*.txt"), f"no .jsonl, .json, .parquet or .arrow files match {d / '*.txt'}")
     (tmp_path / "void").mkdir()
-    expect_error(str(tmp_path / "void"), f"directory {tmp_path / 'void'} has no .jsonl, .json or .parquet files")
+    expect_error(str(tmp_path / "void"),
+                 f"directory {tmp_path / 'void'} has no .jsonl, .json, .parquet or .arrow files")
 
 
 def test_write_lists_validates(tmp_path):

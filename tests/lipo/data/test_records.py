@@ -134,3 +134,20 @@ def test_list_schema_columns():
     assert LIST_SCHEMA.names == ["id", "prompt", "prompt_messages", "responses", "labels", "rewards", "ref_logps"]
     assert LIST_SCHEMA.field("labels").type == pa.list_(pa.float64())
     assert not LIST_SCHEMA.field("id").nullable
+
+
+def test_content_parts_in_a_chat_prompt_become_text():
+    """OpenAI content parts: text parts concatenated; any other part names its index and type."""
+    parts = [{"type": "text", "text": "Translate: "}, {"type": "text", "text": "cat", "extra": None}]
+    rec = row_to_record(row(prompt=[CHAT[0], {"role": "user", "content": parts}]))
+    assert rec.prompt[1].content == "Translate: cat"
+    assert rec.id == content_id([CHAT[0], {"role": "user", "content": "Translate: cat"}], ["4", "5", "four"])
+    image = [{"type": "text", "text": "What?"}, {"type": "image_url", "image_url": {"url": "x"}}]
+    for content, msg in [
+        (image, "field 'prompt[1].content[1].type': only text content parts can be read, got 'image_url'"),
+        ([{"type": "text", "text": 3}], "field 'prompt[1].content[0].text': must be a string, got int"),
+        ([], "field 'prompt[1].content': must not be an empty list of content parts"),
+        (7, "field 'prompt[1].content': must be a string or a list of content parts, got int"),
+    ]:
+        message, reason = problem(row(prompt=[CHAT[0], {"role": "user", "content": content}]))
+        assert message.startswith(msg) and reason == "prompt: bad message"

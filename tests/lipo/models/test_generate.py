@@ -171,6 +171,32 @@ def test_sparse_stop_checks_give_the_same_rows(model, monkeypatch):
         assert run(after, 4) == every and [len(r) for r in every] == [after[i] for i in range(4)]
 
 
+def test_on_step_sees_each_step_after_one_forward_and_changes_nothing(model, monkeypatch):
+    """Streaming's hook: step t's ids reach the callback after exactly t + 1 forwards (the prefill, then one per
+    step), so a token can leave before the next is computed; the rows are the callback's ids up to EOS, the same
+    as without a callback, even with a GPU's sparse stop checks. A callback that returns True ends every row at
+    that step."""
+    monkeypatch.setattr(G, "_check_every", lambda device: 4)  # a GPU's setting: the callback must not depend on it
+    plain = sample_ids(model, PROMPTS, [5, 6, 7, 8], HOT, PAD, EOS)
+    seen, forwards = [], []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: forwards.append(1), with_kwargs=True)
+    try:
+        got = sample_ids(model, PROMPTS, [5, 6, 7, 8], HOT, PAD, EOS,
+                         on_step=lambda t, nxt: seen.append((t, len(forwards), nxt.tolist())))
+    finally:
+        hook.remove()
+    assert got == plain
+    assert [(t, f) for t, f, _ in seen] == [(t, t + 1) for t in range(len(seen))]
+    cols = [[ids[r] for _, _, ids in seen] for r in range(len(PROMPTS))]  # [N, T] as the callback saw them
+
+    def upto_eos(row: list[int]) -> list[int]:
+        return row[:row.index(EOS)] if EOS in row else row
+
+    assert [upto_eos(c) for c in cols] == got
+    cut = sample_ids(model, PROMPTS, [5, 6, 7, 8], HOT, PAD, EOS, on_step=lambda t, nxt: t == 2)  # readers gone
+    assert cut == [upto_eos(c[:3]) for c in cols]
+
+
 def test_auto_dtype_is_bf16_on_a_gpu_and_fp32_on_cpu(monkeypatch):
     from lipo.models.loading import load_causal_lm, torch_dtype
 

@@ -1,6 +1,7 @@
-"""The Serve application over real HTTP on 127.0.0.1 with the tiny models: the OpenAI client, reward parity,
-every designed error code (and that none of those requests reached a model), a bounded load test, and a replica
-killed under load. One application for the module; Serve is shut down at the end (Ray belongs to `ray_local`)."""
+"""The Serve application over real HTTP on 127.0.0.1 with the tiny models: the OpenAI client (streaming, log-probs,
+usage, ignored and refused fields), reward parity, every designed error code (and that none of those requests
+reached a model), a bounded load test, and a replica killed under load. One application for the module; Serve is
+shut down at the end (Ray belongs to `ray_local`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import threading
 import time
 
 import httpx
+import openai
 import pytest
 import ray
 import torch
@@ -18,7 +20,8 @@ from openai import OpenAI
 from ray import serve
 
 from lipo.config import load_config
-from lipo.models.generate import SamplingParams, sample
+from lipo.data.tokenize import encode_prompt
+from lipo.models.generate import SamplingParams, sample, sample_ids
 from lipo.models.loading import load_causal_lm, load_tokenizer
 from lipo.models.reward import pointwise_rewards
 from lipo.models.reward_loading import load_reward_model
@@ -71,6 +74,130 @@ def test_openai_client_completions_and_chat(server):
     assert len(stopped.choices[0].text) <= len(want[0])
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    return load_causal_lm("builtin:tiny-llama"), load_tokenizer("builtin:tiny-llama")
+
+
+def _raw_logprobs(model, prompt_ids: list[int], ids: list[int]) -> list[float]:
+    """log p(ids[t] | prompt + ids[:t]) from one forward of the untempered model: the reference."""
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=torch.tensor([prompt_ids + ids])).logits[0], -1)  # [L, V]
+    return [lp[len(prompt_ids) - 1 + t, i].item() for t, i in enumerate(ids)]
+
+
+def test_openai_client_streams_the_same_answer(server):
+    """stream=True gives, chunk by chunk, exactly the non-streamed answer for the same seed: text per choice,
+    finish reasons, and with include_usage a last chunk holding the same usage."""
+    client = OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
+    args = {"model": "policy", "prompt": "Hello", "max_tokens": 8, "n": 2, "seed": 3, "temperature": 0.8}
+    whole = client.completions.create(**args)
+    chunks = list(client.completions.create(**args, stream=True, stream_options={"include_usage": True}))
+    assert {c.object for c in chunks} == {"text_completion"} and chunks[-1].choices == []
+    assert chunks[-1].usage == whole.usage and all(c.usage is None for c in chunks[:-1])
+    for i, choice in enumerate(whole.choices):
+        mine = [c.choices[0] for c in chunks[:-1] if c.choices[0].index == i]
+        assert "".join(c.text for c in mine) == choice.text and mine[-1].finish_reason == choice.finish_reason
+    chat_args = {"model": "policy", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "seed": 5}
+    chat = client.chat.completions.create(**chat_args)
+    parts = list(client.chat.completions.create(**chat_args, stream=True, stream_options={"include_usage": True}))
+    assert parts[0].object == "chat.completion.chunk" and parts[0].choices[0].delta.role == "assistant"
+    assert "".join(p.choices[0].delta.content or "" for p in parts[:-1]) == chat.choices[0].message.content
+    assert parts[-2].choices[0].finish_reason == chat.choices[0].finish_reason and parts[-1].usage == chat.usage
+
+
+def test_streams_are_incremental_and_cut_stop_sequences_alike(server):
+    """Without log-probs a stream is the policy's step-by-step stream (its step counter moves; that each step leaves
+    before the next is computed is proved in test_serve_units without timing), and with stop sequences the
+    streamed pieces still join to exactly the non-streamed text for the same seed, finish reason included."""
+    client = OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
+    args = {"model": "policy", "prompt": ["Hello", "Hi"], "max_tokens": 16, "n": 2, "seed": 8, "temperature": 0.9}
+    free = client.completions.create(**args)
+    args["stop"] = [free.choices[0].text[3:5], free.choices[3].text[1:2]]  # cut two choices mid-answer
+    whole = client.completions.create(**args)
+    assert any(c.finish_reason == "stop" and c.text != f.text for c, f in zip(whole.choices, free.choices))
+    steps = _stats()["LipoPolicy"].get("stream_steps", 0)
+    chunks = list(client.completions.create(**args, stream=True))
+    assert _stats()["LipoPolicy"]["stream_steps"] > steps
+    for i, choice in enumerate(whole.choices):
+        mine = [c.choices[0] for c in chunks if c.choices[0].index == i]
+        assert "".join(c.text for c in mine) == choice.text and mine[-1].finish_reason == choice.finish_reason
+    t0 = time.perf_counter()  # a measurement for the log, not an assertion (timing would make the test flaky)
+    stream = iter(client.completions.create(model="policy", prompt="Hello", max_tokens=64, n=4, stream=True))
+    next(stream)
+    first = time.perf_counter() - t0
+    rest = len(list(stream))
+    print(f"\n[serve] 4 x 64-token stream: first chunk after {first * 1000:.0f} ms, all {rest + 1} chunks after "
+          f"{(time.perf_counter() - t0) * 1000:.0f} ms")
+
+
+def test_openai_client_logprobs_and_usage(server, tiny):
+    """Completions log-probs are the raw model's (sampled at temperature 1.3, top-p 0.8 all the same), the sampled
+    ids being the shared sampler's; usage counts the prompt tokens and the returned tokens; chat log-probs agree."""
+    model, tok = tiny
+    client = OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
+    out = client.completions.create(model="policy", prompt="Hello", max_tokens=6, seed=4, temperature=1.3, top_p=0.8,
+                                    logprobs=2)
+    choice, prompt_ids = out.choices[0], encode_prompt("Hello", tok)
+    ids = sample_ids(model, [prompt_ids], [4000], SamplingParams(temperature=1.3, top_p=0.8, max_new_tokens=6),
+                     tok.pad_token_id, tok.eos_token_id)[0]
+    lp = choice.logprobs
+    assert out.usage.prompt_tokens == len(prompt_ids) and out.usage.completion_tokens == len(ids)
+    assert out.usage.total_tokens == len(prompt_ids) + len(ids)
+    assert lp.token_logprobs == pytest.approx(_raw_logprobs(model, prompt_ids, ids), abs=1e-5)
+    assert lp.tokens == [tok.decode([i]) for i in ids] and lp.text_offset[0] == 0
+    assert all(len(top) <= 3 and top[t] == v for top, t, v in zip(lp.top_logprobs, lp.tokens, lp.token_logprobs))
+    streamed = [c.choices[0].logprobs for c in client.completions.create(
+        model="policy", prompt="Hello", max_tokens=6, seed=4, temperature=1.3, top_p=0.8, logprobs=2, stream=True)
+        if c.choices[0].logprobs]
+    assert [v for c in streamed for v in c.token_logprobs] == lp.token_logprobs
+    chat = client.chat.completions.create(model="policy", messages=[{"role": "user", "content": "Hello"}],
+                                          max_tokens=6, seed=4, temperature=1.3, top_p=0.8, logprobs=True,
+                                          top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    assert [t.logprob for t in content] == lp.token_logprobs and all(len(t.top_logprobs) == 2 for t in content)
+
+
+def test_completion_logprobs_match_the_logprobs_endpoint(server, tiny):
+    """Parity with /v1/logprobs (training's `sequence_logps`, another code path): for a greedy completion whose text
+    re-tokenises to the sampled ids, the sum of token_logprobs plus log p(EOS after it) is /v1/logprobs' value."""
+    model, tok = tiny
+    params = SamplingParams(temperature=0.0, max_new_tokens=3)
+    for prompt in (f"Say {i}" for i in range(200)):  # the tiny model writes random bytes: find an ASCII answer
+        ids = sample_ids(model, [encode_prompt(prompt, tok)], [0], params, tok.pad_token_id, tok.eos_token_id)[0]
+        text = tok.decode(ids, skip_special_tokens=True)
+        if len(ids) == 3 and tok(text, add_special_tokens=False)["input_ids"] == ids:
+            break
+    else:
+        pytest.fail("no prompt with a re-tokenising greedy answer")
+    client = OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
+    out = client.completions.create(model="policy", prompt=prompt, max_tokens=3, temperature=0, logprobs=0)
+    assert out.choices[0].text == text
+    summed = httpx.post(f"{server}/v1/logprobs", headers=AUTH,
+                        json={"model": "policy", "prompt": prompt, "responses": [text]}).json()["logprobs"][0]
+    eos = _raw_logprobs(model, encode_prompt(prompt, tok) + ids, [tok.eos_token_id])[0]
+    assert sum(out.choices[0].logprobs.token_logprobs) + eos == pytest.approx(summed, abs=1e-4)
+
+
+def test_openai_fields_ignored_or_refused(server):
+    """Fields that change nothing give the same answer as without them; one that would change it is a 422 naming
+    the field; an unknown one too, unless it is null."""
+    client = OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
+    base = {"model": "policy", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "seed": 9}
+    plain = client.chat.completions.create(**base).choices[0].message.content
+    ignored = client.chat.completions.create(
+        **base, user="u1", presence_penalty=0, frequency_penalty=0, logit_bias={}, store=False,
+        metadata={"run": "x"}, response_format={"type": "text"}, stream_options={"include_usage": True},
+        extra_body={"top_k": None})
+    assert ignored.choices[0].message.content == plain
+    for kwargs, field in (({"presence_penalty": 0.5}, "presence_penalty"),
+                          ({"response_format": {"type": "json_object"}}, "response_format"),
+                          ({"extra_body": {"top_k": 5}}, "top_k")):
+        with pytest.raises(openai.UnprocessableEntityError) as exc:
+            client.chat.completions.create(**base, **kwargs)
+        assert exc.value.body["param"] == field and field in exc.value.message
+
+
 def test_score_and_compare_match_the_models(server):
     rm, tok = load_reward_model("builtin:tiny-reward")
     prompt, responses = "What is 2+2?", ["4", "four", "22", "It is 4."]
@@ -106,6 +233,11 @@ def test_rejections_are_clear_and_never_reach_a_model(server):
         (422, c.post("/v1/completions", headers=AUTH, json={**good, "prompt": ["a", "b", "c"], "n": 2}), "n: 6"),
         (422, c.post("/v1/completions", headers=AUTH, json={**good, "max_tokens": 65}), "max_tokens: 65 exceeds"),
         (422, c.post("/v1/completions", headers=AUTH, json={**good, "bogus": 1}), "bogus: unknown field"),
+        (401, c.post("/v1/completions", json={**good, "stream": True}), "missing or invalid API key"),
+        (422, c.post("/v1/completions", headers=AUTH, json={**good, "stream": True, "n": 5}), "n: 5 choices"),
+        (422, c.post("/v1/chat/completions", headers=AUTH, json={"model": "policy", "stream": True, "messages": [
+            {"role": "user", "content": "x"}], "max_tokens": 65}), "max_tokens: 65 exceeds"),
+        (422, c.post("/v1/completions", headers=AUTH, json={**good, "echo": True}), "echo: echo is not implemented"),
         (422, c.post("/v1/completions", headers=AUTH, json={**good, "seed": 2**60}), "seed:"),
         (422, c.post("/v1/chat/completions", headers=AUTH, json={"model": "policy", "messages": [{"role": "x"}]}),
          "messages.0.role"),
@@ -121,19 +253,19 @@ def test_rejections_are_clear_and_never_reach_a_model(server):
 
 
 def test_saturated_queue_gets_503_at_once(server):
-    """The ingress holds 4 requests and queues 4; a burst of 24 slow ones gets 503s immediately, with Retry-After,
-    and exactly the admitted requests reached the model."""
+    """The ingress holds 4 requests and queues 4; a burst of 24 slow ones (half of them streams) gets 503s
+    immediately, with Retry-After, and exactly the admitted requests reached the model."""
     before = _stats()["LipoPolicy"].get("generate_requests", 0)
 
     async def burst():
         async with httpx.AsyncClient(base_url=server, headers=AUTH, timeout=60,
                                      limits=httpx.Limits(max_connections=64)) as c:
-            async def one():
+            async def one(stream: bool):
                 t = time.perf_counter()
                 r = await c.post("/v1/completions", json={"model": "policy", "prompt": "Hello", "max_tokens": 64,
-                                                          "n": 4})
+                                                          "n": 4, "stream": stream})
                 return r, time.perf_counter() - t
-            return await asyncio.gather(*(one() for _ in range(24)))
+            return await asyncio.gather(*(one(i % 2 == 1) for i in range(24)))  # streams are refused alike
 
     results = asyncio.run(burst())
     codes = [r.status_code for r, _ in results]
@@ -144,6 +276,8 @@ def test_saturated_queue_gets_503_at_once(server):
     slowest_ok = max(dt for r, dt in results if r.status_code == 200)
     assert max(dt for _, dt in rejected) < slowest_ok  # rejected at once, not after waiting
     assert _stats()["LipoPolicy"]["generate_requests"] - before == codes.count(200)
+    assert all(r.text.endswith("data: [DONE]\n\n") == (i % 2 == 1) for i, (r, _) in enumerate(results)
+               if r.status_code == 200)  # admitted streams ran to the end
 
 
 def test_bounded_load(server):

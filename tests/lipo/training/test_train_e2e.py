@@ -63,7 +63,10 @@ def test_mlflow_holds_run_params_metrics_and_model(ray_local, tmp_path, toy_list
     for key in ("train/ndcg", "train/margin", "train/log_ratio", "train/lr", "train/grad_norm", "train/tokens_per_s"):
         assert key in run.data.metrics
     # The exported model, fetched back from MLflow, scores exactly like the weights in the last DeepSpeed checkpoint.
-    local = Path(c.download_artifacts(result.run_id, "model", str(tmp_path / "dl")))
+    from lipo.serving.model_source import resolve
+
+    local = Path(resolve(f"runs:/{result.run_id}", result.tracking_uri, cache_dir=str(tmp_path / "dl")))
+    assert (local.parent / "MLmodel").is_file()  # the transformers flavour, its checkpoint under model/
     exported = AutoModelForCausalLM.from_pretrained(local).eval()
     ckpt = sorted(p for p in (tmp_path / "runs" / "tracked").glob("checkpoint_*") if p.is_dir())[-1]
     trained = tiny_llama(seed=0)
