@@ -71,8 +71,9 @@ def declared_shared(output_dir: str | Path, environ: Mapping[str, str] = os.envi
     return any(path == root or root in path.parents for root in shared_roots(environ))
 
 
-def check_shared_storage(output_dir: str | Path, shared: bool | None = None) -> None:
-    """Refuse a node-local `output_dir` when this process is connected to a Ray cluster of more than one node.
+def check_shared_storage(output_dir: str | Path, shared: bool | None = None, key: str = "output_dir") -> None:
+    """Refuse a node-local `output_dir` (the config key `key` names it in the error) when this process is connected
+    to a Ray cluster of more than one node.
 
     Ray Train workers on other nodes write checkpoints under `output_dir` on their own disk, where the driver and a
     restarted worker cannot find them. A local path is accepted as shared when it lies under a mount point listed in
@@ -89,6 +90,6 @@ def check_shared_storage(output_dir: str | Path, shared: bool | None = None) -> 
     alive = [n for n in ray.nodes() if n.get("Alive")]
     if len(alive) > 1:
         where = os.path.abspath(storage.normalize(str(output_dir)))
-        raise LipoError(f"output_dir {output_dir} ({where}) is node-local but the cluster has {len(alive)} nodes; "
+        raise LipoError(f"{key} {output_dir} ({where}) is node-local but the cluster has {len(alive)} nodes; "
                         f"use s3://... or a shared filesystem mounted on every node, declared with "
                         f"{SHARED_PATHS_ENV}=/its/mount (or LIPO_SHARED_FS=1)")

@@ -48,7 +48,7 @@ def build_lists(cfg: BuildListsConfig, parent_run_id: str | None = None) -> Buil
 
     if plan.pending:
         ensure_ray()
-        check_shared_storage(plan.out.root)  # workers on other nodes write shards there: it must be shared storage
+        check_shared_storage(plan.out.root, key="output.dir")  # workers on other nodes write shards there: it must be shared storage
     t = cfg.tracking
     # MLflow's default store sits beside a local output.dir; with an object-store output.dir, in the working directory
     local_parent = str(plan.out.root.parent) if plan.out.local else "."
