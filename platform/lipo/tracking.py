@@ -1,11 +1,19 @@
 """The one place that talks to MLflow.
 
-Every stage opens its run with `stage_run`, a context manager that owns the run's whole life: open (or reattach
-by name), log the config, and finish it FINISHED, or FAILED when the body raises. A rerun with the same name
-reattaches to the same MLflow run, so a resumed training keeps one history.
+Every stage opens its run with `stage_run`, a context manager that owns the run's whole life: open (or reattach),
+log the config, and finish it FINISHED, or FAILED when the body raises.
 
-    with stage_run(uri, "lipo", "lipo-3f2a", "train", parent_run_id=parent, config=resolved) as run:
+    with stage_run(uri, "lipo", "lipo-3f2a", "train", parent_run_id=parent, config=resolved,
+                   output="/data/runs") as run:
         run.log_metrics({"train/loss": 0.7}, step=1)
+
+A run's identity is its name, its stage (tag `lipo.stage`) and its output location (tag `lipo.output`: the stage's
+output setting resolved to an absolute path, or its URI; `output_location`). A rerun with all three the same
+reattaches to the same MLflow run, so a resumed stage keeps one history; the same name and config written to another
+output directory is another run. A run with no `lipo.output` tag (made before the tag existed, or opened without
+`output`) only matches a caller that passes no output. A resumed stage logs with `log_metrics(..., resume=True)`:
+points at steps the run's history already holds for that metric are skipped (MLflow cannot delete points), so the
+history has no duplicates.
 
 Experiments lipo creates are tagged `mlflow.experimentKind = custom_model_development` (the tag the MLflow 3 UI reads
 to pick its "Machine learning" view), so the experiment opens on its runs, not the GenAI overview; an experiment
@@ -28,7 +36,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +47,7 @@ from lipo import storage
 from lipo.config import flatten
 
 STAGE_TAG = "lipo.stage"
+OUTPUT_TAG = "lipo.output"  # with the run name and the stage: the run's identity
 # The MLflow 3 UI's experiment-kind tag and its value for model training (read from mlflow/server/js, 3.17.2):
 # experiments without it open on the GenAI overview.
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
@@ -59,8 +68,15 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def open_run(uri: str, experiment: str, run_name: str, stage: str, parent_run_id: str | None = None) -> tuple[str, bool]:
-    """(run_id, created): the run named `run_name` for `stage`, created if it does not exist yet."""
+def output_location(spec: str | os.PathLike) -> str:
+    """`spec` as a run's `lipo.output` tag holds it: an absolute local path, or the URI without a trailing '/'."""
+    path = storage.local(spec)
+    return str(path) if path is not None else os.fspath(spec).rstrip("/")
+
+
+def open_run(uri: str, experiment: str, run_name: str, stage: str, parent_run_id: str | None = None,
+             output: str | os.PathLike | None = None) -> tuple[str, bool]:
+    """(run_id, created): the run named `run_name` for `stage` writing to `output`, created if it does not exist."""
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)
     # Keep a local store's artifacts next to its database, not in ./mlruns of whatever directory we run from.
@@ -73,14 +89,18 @@ def open_run(uri: str, experiment: str, run_name: str, stage: str, parent_run_id
         exp_id = exp.experiment_id
         if EXPERIMENT_KIND_TAG not in exp.tags:  # created before lipo set it, or by hand
             c.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
-    found = c.search_runs(
+    where = output_location(output) if output is not None else None
+    # The output is compared here, not in the filter string: a path may hold any character, a quote too.
+    found = [r for r in c.search_runs(
         [exp_id], filter_string=f"tags.mlflow.runName = '{run_name}' and tags.`{STAGE_TAG}` = '{stage}'",
-        max_results=1,
-    )
+        max_results=1000, order_by=["attributes.start_time DESC"],
+    ) if r.data.tags.get(OUTPUT_TAG) == where]
     if found:
         c.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id, False
     tags = {STAGE_TAG: stage}
+    if where is not None:
+        tags[OUTPUT_TAG] = where
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     run = c.create_run(exp_id, run_name=run_name, tags=tags)
@@ -141,16 +161,31 @@ def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(uri).set_terminated(run_id, status=status)
 
 
+def last_steps(uri: str, run_id: str) -> dict[str, int]:
+    """The last step at which run `run_id` holds a point, for each of its metrics."""
+    c = client(uri)
+    return {k: max(m.step for m in c.get_metric_history(run_id, k)) for k in c.get_run(run_id).data.metrics}
+
+
 @dataclass(frozen=True)
 class StageRun:
     """One open MLflow run; with `run_id` None (tracking switched off) every call is a no-op."""
 
     uri: str | None
     run_id: str | None
+    # metric -> the last step the run holds a point at (from its history when reattached, then as logged)
+    logged: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self.run_id:
+    def log_metrics(self, metrics: dict[str, float], step: int, resume: bool = False) -> None:
+        """Log `metrics` at `step`; with `resume`, a metric whose history already reaches `step` is skipped (a
+        resumed stage recomputes the steps after its checkpoint: MLflow cannot delete the points they duplicate)."""
+        if not self.run_id:
+            return
+        if resume:
+            metrics = {k: v for k, v in metrics.items() if k not in self.logged or step > self.logged[k]}
+        if metrics:
             log_metrics(self.uri, self.run_id, metrics, step)
+            self.logged.update({k: max(step, self.logged.get(k, step)) for k in metrics})
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str) -> None:
         if self.run_id:
@@ -164,17 +199,18 @@ class StageRun:
 
 @contextmanager
 def stage_run(uri: str | None, experiment: str, run_name: str, stage: str, parent_run_id: str | None = None,
-              config: dict[str, Any] | None = None, enabled: bool = True) -> Iterator[StageRun]:
-    """Open (or reattach to) the run `run_name` of `stage`, log `config`, and finish it when the block ends:
-    FINISHED, or FAILED if the block raises (the exception goes on unchanged)."""
+              config: dict[str, Any] | None = None, enabled: bool = True,
+              output: str | os.PathLike | None = None) -> Iterator[StageRun]:
+    """Open (or reattach to) the run `run_name` of `stage` writing to `output` (`open_run`), log `config`, and finish
+    it when the block ends: FINISHED, or FAILED if the block raises (the exception goes on unchanged)."""
     if not enabled or uri is None:
         yield StageRun(None, None)
         return
-    run_id, created = open_run(uri, experiment, run_name, stage, parent_run_id)
+    run_id, created = open_run(uri, experiment, run_name, stage, parent_run_id, output)
     if config is not None:
         log_config(uri, run_id, config, created)
     try:
-        yield StageRun(uri, run_id)
+        yield StageRun(uri, run_id, {} if created else last_steps(uri, run_id))
     except BaseException:
         finish_run(uri, run_id, "FAILED")
         raise

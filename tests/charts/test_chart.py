@@ -148,22 +148,35 @@ def test_secret_values_appear_only_inside_the_secret(renders: dict[str, Render])
 
 
 def test_network_policy_limits_ray_head_and_mlflow(renders: dict[str, Render]) -> None:
+    """Issue 16: Ray's metrics ports answered anyone. Outside the release, each configured peer reaches only its
+    ports: the operator the dashboard, scrapers the Prometheus ports, API clients the Serve port (schema-validated
+    with the other objects in section 2)."""
     r = renders["gpu-mlflow"]
     policies = {p["metadata"]["name"]: p["spec"] for p in r.of_kind("NetworkPolicy")}
     assert set(policies) == {"lipo-ray", "lipo-mlflow"}
+    release = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "lipo", "app.kubernetes.io/instance": "lipo"}}}
+    operator = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ray-operators"}}}
     for spec in policies.values():
         assert spec["policyTypes"] == ["Ingress"]
-        [rule] = spec["ingress"]
-        assert rule["from"] == [
-            {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "lipo", "app.kubernetes.io/instance": "lipo"}}},
-            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ray-operators"}}},
-        ]
+    [rule] = policies["lipo-mlflow"]["ingress"]
+    assert rule["from"] == [release, operator] and rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    tcp = lambda *ports: [{"port": p, "protocol": "TCP"} for p in ports]  # noqa: E731
+    assert policies["lipo-ray"]["ingress"] == [
+        {"from": [release]},  # no ports: every port, for the release's own pods only
+        {"from": [operator], "ports": tcp(8265)},
+        {"from": r.values["networkPolicy"]["metricsFrom"], "ports": tcp(8080, 44217, 44227)},
+        {"from": r.values["networkPolicy"]["serveFrom"], "ports": tcp(8000)},
+    ]
     components = policies["lipo-ray"]["podSelector"]["matchExpressions"][0]["values"]
     assert "ray-head" in components and "ray-worker" in components
     assert policies["lipo-mlflow"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "mlflow"
+    # The chart's defaults: nobody outside the release scrapes metrics or calls Serve; the operator, the dashboard.
+    [default] = renders["defaults"].of_kind("NetworkPolicy")
+    assert [rule.get("ports") for rule in default["spec"]["ingress"]] == [None, tcp(8265)]
+    assert default["spec"]["ingress"][1]["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "kuberay-system"}
 
 
-# --- 4. The RayJob runs what a local run runs -----------------------------------------------------------------------
 def test_rayjob_entrypoint_and_mounted_config(rendered: Render) -> None:
     job = rendered.one("RayJob")["spec"]
     assert job["entrypoint"] == EXPECTED_ENTRYPOINT[rendered.name]
@@ -332,6 +345,15 @@ def test_refuses_a_short_mlflow_password() -> None:
     values = {"job": {"enabled": False}, "mlflow": {"enabled": True, "backendStore": {"type": "sqlite"}},
               "secrets": {"generate": True, "mlflowAdminPassword": "short", "s3AccessKeyId": "a", "s3SecretAccessKey": "b"}}
     assert "secrets.mlflowAdminPassword is shorter than 12 characters" in _error(values)
+
+
+def test_refuses_a_short_serve_api_key_unless_insecure() -> None:
+    values = {"secrets": {"rayAuthToken": "t", "serveApiKey": "change-me"}, "service": {"enabled": True}}
+    assert "secrets.serveApiKey is shorter than 16 characters" in _error(values)
+    values["service"]["args"] = {"config": None, "overrides": [], "insecure": True}
+    assert render(values).one("Secret")["data"]["LIPO_API_KEY"]  # --insecure's escape, as in lipo serve
+    assert "/networkPolicy/metricsFrom/0" in _error({"secrets": {"rayAuthToken": "t"},
+                                                     "networkPolicy": {"metricsFrom": [{"namespace": "monitoring"}]}})
 
 
 def test_refuses_replicas_outside_the_autoscaling_bounds() -> None:

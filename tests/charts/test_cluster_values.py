@@ -198,9 +198,10 @@ def _service_ports(r: Render) -> dict[str, set[int]]:
 
 
 def _routes() -> set[str]:
+    from lipo.serving.config import ServeConfig
     from lipo.serving.routes import router
 
-    ingress = SimpleNamespace(cfg=SimpleNamespace(limits=None, reward=None))
+    ingress = SimpleNamespace(cfg=ServeConfig())  # the routes read only the config when they are built
     return {route.path for route in router(ingress).routes}
 
 

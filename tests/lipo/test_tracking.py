@@ -81,3 +81,57 @@ def test_datasets_carry_digests_that_read_no_rows(tmp_path):
     assert tracking.data_digest(str(lists)) == want_manifest
     prompts.write_text('{"id": "p0", "prompt": "hi there"}\n')  # another size: another digest
     assert tracking.data_digest(str(prompts)) != want_files
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One sqlite store for the tests below (creating one costs seconds): each uses its own experiment."""
+    return tracking.resolve_uri(None, str(tmp_path_factory.mktemp("store")))
+
+
+def test_the_output_location_is_part_of_a_runs_identity(store, tmp_path, monkeypatch):
+    """Issue 16 point 11: four build-lists runs with the same config into four output dirs were one MLflow run."""
+    uri = store
+    monkeypatch.chdir(tmp_path)
+    ids = {}
+    for out in ("lists-a", "lists-b", "s3://bucket/lists", "s3://bucket/other"):
+        with tracking.stage_run(uri, "lipo", "build-lists-3f2a", "build-lists", output=out) as run:
+            run.log_metrics({"progress/lists": 1.0}, step=1)
+        ids[out] = run.run_id
+    assert len(set(ids.values())) == 4  # one run per output
+    tags = {r.info.run_id: r.data.tags for r in tracking.client(uri).search_runs(
+        [tracking.client(uri).get_experiment_by_name("lipo").experiment_id])}
+    assert tags[ids["lists-a"]][tracking.OUTPUT_TAG] == str(tmp_path / "lists-a")  # absolute, as resolved
+    assert tags[ids["s3://bucket/lists"]][tracking.OUTPUT_TAG] == "s3://bucket/lists"
+    # The same output, however spelled, reattaches (resume): a relative or absolute path, a trailing '/', file://.
+    for same, out in ((str(tmp_path / "lists-a"), "lists-a"), (f"file://{tmp_path}/lists-b/", "lists-b"),
+                      ("s3://bucket/lists/", "s3://bucket/lists")):
+        with tracking.stage_run(uri, "lipo", "build-lists-3f2a", "build-lists", output=same) as again:
+            pass
+        assert again.run_id == ids[out], same
+    # A run without the tag (made before it existed) is only the run of a caller that names no output.
+    legacy, created = tracking.open_run(uri, "lipo", "old", "train")
+    assert created and tracking.open_run(uri, "lipo", "old", "train") == (legacy, False)
+    assert tracking.open_run(uri, "lipo", "old", "train", output="lists-a")[0] != legacy
+
+
+def test_a_resumed_run_logs_no_step_twice(store, tmp_path):
+    """A resumed stage recomputes the steps after its checkpoint; with `resume=True` the points the history already
+    holds are skipped per metric, the rest continue it: every step once, the first attempt's values kept."""
+    uri = store
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.stage_run(uri, "resumes", "r", "train", output=tmp_path) as first:
+            for step in (1, 2, 3):
+                first.log_metrics({"train/loss": float(step), "train/lr": 0.1}, step, resume=True)
+            first.log_metrics({"train/loss": 4.0}, 4, resume=True)  # train/lr not logged at step 4
+            raise KeyboardInterrupt  # SIGINT
+    with tracking.stage_run(uri, "resumes", "r", "train", output=tmp_path) as second:
+        assert second.run_id == first.run_id and second.logged == {"train/loss": 4, "train/lr": 3}
+        for step in (3, 4, 5):  # resumed from the checkpoint at step 2
+            second.log_metrics({"train/loss": 10.0 * step, "train/lr": 0.2}, step, resume=True)
+        second.log_metrics({"train/loss": -1.0}, 5, resume=True)  # an in-fit restart repeats step 5: skipped too
+    c = tracking.client(uri)
+    loss = sorted((m.step, m.value) for m in c.get_metric_history(first.run_id, "train/loss"))
+    lr = sorted((m.step, m.value) for m in c.get_metric_history(first.run_id, "train/lr"))
+    assert loss == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 50.0)]
+    assert lr == [(1, 0.1), (2, 0.1), (3, 0.1), (4, 0.2), (5, 0.2)]

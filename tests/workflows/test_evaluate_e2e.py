@@ -25,7 +25,7 @@ from lipo.cli import app as cli
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = str(REPO / "examples/data/prompts.jsonl")  # 24 prompts, each with a short `reference`
-KEY = "e2e-key"
+KEY = "e2e-key-0123456789abcdef"
 pytestmark = pytest.mark.slow
 
 

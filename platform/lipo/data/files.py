@@ -10,6 +10,13 @@ Directories are read recursively in sorted order; names starting with `.` or `_`
 `_SUCCESS`, `.ipynb_checkpoints`). Messages name a file as the user wrote it (`data/train.jsonl`,
 `s3://bucket/lists/part-00000.parquet`).
 
+Formats, by name: `.jsonl` / `.json` (one JSON object per line), also as `.gz` (gzip) or `.zst` (Zstandard), read
+through pyarrow's compressed input streams on any filesystem (one read unit per file, like plain JSONL); `.parquet`
+and `.arrow` (they compress inside the file, so `x.parquet.gz` is refused by name, as is `.bz2`, `.zip`, ...).
+No silent loss: every file a directory listing or a glob finds (hidden names aside) is read or refused by name. A
+`README.md` in a data directory is an error, not skipped, since lipo cannot tell it from data in a format it does not
+read (a `.csv`, a `.jsonl.bz2`): move it out, give it a `_` or `.` name, or name the data with a glob.
+
 Hugging Face `datasets` folders: a folder written by `Dataset.save_to_disk` (`state.json`, `dataset_info.json`,
 `data-NNNNN-of-NNNNN.arrow`) reads as its Arrow files, in the order `state.json` lists them (`_data_files`); the
 JSON files beside them are not data. A `DatasetDict` folder (`dataset_dict.json` and one such folder per split)
@@ -47,10 +54,14 @@ import pyarrow.parquet as pq
 from lipo.data.records import Problem
 from lipo.errors import DataError
 
-JSONL_SUFFIXES = (".jsonl", ".json")
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}  # file suffix -> pyarrow codec name; JSONL only
+_PLAIN_JSONL = (".jsonl", ".json")
+JSONL_SUFFIXES = _PLAIN_JSONL + tuple(p + c for p in _PLAIN_JSONL for c in COMPRESSIONS)
 PARQUET_SUFFIXES = (".parquet",)
 ARROW_SUFFIXES = (".arrow",)
-KNOWN = ".jsonl, .json, .parquet or .arrow"
+KNOWN = ".jsonl, .json (plain, .gz or .zst), .parquet or .arrow"
+# Suffixes of compressed files of any kind: a refusal names the compression instead of an "unknown extension".
+_ANY_COMPRESSION = (".gz", ".gzip", ".zst", ".zstd", ".bz2", ".xz", ".lz4", ".zip", ".7z", ".tar", ".br", ".snappy")
 HF_STATE, HF_DICT = "state.json", "dataset_dict.json"  # `datasets`' save_to_disk markers (config.py there)
 UNIT_ROWS = 8192  # Parquet row groups are grouped into units of at least this many rows
 _BATCH_ROWS = 4096
@@ -89,25 +100,43 @@ class DataFile:
     format: str  # jsonl | parquet | arrow
     size: int
     mtime_ns: int
+    compression: str | None = None  # JSONL only: "gzip" | "zstd" (a pyarrow codec name); None: a plain file
 
     def open_fs(self) -> tuple[pafs.FileSystem, str]:
         return open_fs(self.name)[0], self.path
 
 
-def _format_of(name: str) -> str:
-    suffix = PurePosixPath(name).suffix.lower()
-    if suffix in JSONL_SUFFIXES:
-        return "jsonl"
-    if suffix in PARQUET_SUFFIXES:
-        return "parquet"
-    if suffix in ARROW_SUFFIXES:
-        return "arrow"
+def format_of(name: str) -> tuple[str, str | None]:
+    """(format, compression) of a data file, from its name; a `DataError` naming the file for any other name."""
+    lower = name.lower()
+    for plain in _PLAIN_JSONL:
+        for suffix, codec in COMPRESSIONS.items():
+            if lower.endswith(plain + suffix):
+                if not pa.Codec.is_available(codec):  # pyarrow can be built without a codec
+                    raise DataError(f"{name}: this pyarrow build cannot decompress {codec}; decompress the file")
+                return "jsonl", codec
+        if lower.endswith(plain):
+            return "jsonl", None
+    if lower.endswith(PARQUET_SUFFIXES):
+        return "parquet", None
+    if lower.endswith(ARROW_SUFFIXES):
+        return "arrow", None
+    suffix = PurePosixPath(lower).suffix
+    if suffix in _ANY_COMPRESSION:
+        inner = PurePosixPath(lower[: -len(suffix)]).suffix or "no extension"
+        raise DataError(f"{name}: compressed file ('{inner}' + '{suffix}') not read; lipo reads .jsonl and .json "
+                        "compressed as .gz or .zst (Parquet and Arrow compress inside the file)")
     what = f"unknown file extension '{suffix}'" if suffix else "no file extension"
     raise DataError(f"{name}: {what} (expected {KNOWN})")
 
 
-def _is_data_file(name: str) -> bool:
-    return PurePosixPath(name).suffix.lower() in JSONL_SUFFIXES + PARQUET_SUFFIXES + ARROW_SUFFIXES
+def _listed(spec: str, info: pafs.FileInfo, name: str) -> DataFile:
+    """A file that a directory listing or a glob found: read, or refused by name (never skipped unseen)."""
+    try:
+        return _data_file(spec, info, name)
+    except DataError as exc:
+        raise DataError(f"{exc}; it was found in {spec}, and every file found there is read: move it out, give it "
+                        "a name starting with '_' or '.', or name the data files with a glob") from None
 
 
 def _hidden(rel: str) -> bool:
@@ -115,7 +144,8 @@ def _hidden(rel: str) -> bool:
 
 
 def _data_file(spec: str, info: pafs.FileInfo, name: str) -> DataFile:
-    return DataFile(name, info.path, _format_of(name), info.size or 0, info.mtime_ns or 0)
+    fmt, compression = format_of(name)
+    return DataFile(name, info.path, fmt, info.size or 0, info.mtime_ns or 0, compression)
 
 
 def read_json_object(fs: pafs.FileSystem, path: str, name: str) -> dict:
@@ -158,27 +188,35 @@ def _under(spec: str, fs: pafs.FileSystem, root: str) -> list[DataFile]:
         return saved
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     found = [(os.path.relpath(i.path, root), i) for i in infos if i.type == pafs.FileType.File]
-    return [_data_file(spec, i, _child(spec, root, i.path)) for rel, i in sorted(found, key=lambda x: x[0])
-            if not _hidden(rel) and _is_data_file(rel)]
+    return [_listed(spec, i, _child(spec, root, i.path)) for rel, i in sorted(found, key=lambda x: x[0])
+            if not _hidden(rel)]
+
+
+def _glob_base(pattern: str, root: str) -> str:
+    """The part of a glob before its first wildcard (`root` if none): names below it that are hidden are skipped,
+    as in a directory (`data/**/*` does not pick up `data/_SUCCESS`)."""
+    parts = PurePosixPath(pattern).parts
+    fixed = next(i for i, p in enumerate(parts) if _GLOB_CHARS & set(p))
+    return str(PurePosixPath(*parts[:fixed])) if fixed else root
 
 
 def _glob(spec: str, fs: pafs.FileSystem, pattern: str) -> list[DataFile]:
     if not is_uri(spec):
-        matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True))
+        expanded = os.path.expanduser(spec)
+        base = _glob_base(expanded, ".")
         out = []
-        for m in matches:
+        for m in sorted(glob.glob(expanded, recursive=True)):
+            if _hidden(os.path.relpath(m, base)):
+                continue
             f, p = open_fs(m)
             info = f.get_file_info(p)
-            out += _under(m, f, p) if info.type == pafs.FileType.Directory else (
-                [_data_file(m, info, m)] if _is_data_file(m) else [])
+            out += _under(m, f, p) if info.type == pafs.FileType.Directory else [_listed(spec, info, m)]
         return out
-    parts = PurePosixPath(pattern).parts
-    fixed = next(i for i, p in enumerate(parts) if _GLOB_CHARS & set(p))
-    base = str(PurePosixPath(*parts[:fixed])) if fixed else "/"
+    base = _glob_base(pattern, "/")
     infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
     hits = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatchcase(i.path, pattern)
-                  and _is_data_file(i.path) and not _hidden(os.path.relpath(i.path, base)))
-    return [_data_file(spec, fs.get_file_info(p), _child(spec, "", p)) for p in hits]
+                  and not _hidden(os.path.relpath(i.path, base)))
+    return [_listed(spec, fs.get_file_info(p), _child(spec, "", p)) for p in hits]
 
 
 def _expand(spec: str) -> list[DataFile]:
@@ -259,11 +297,11 @@ def _jsonl_rows(f: DataFile) -> Iterator[tuple[int, object]]:
     """(line number, parsed object or Problem); binary reading keeps line numbers exact and catches bad UTF-8."""
     fs, path = f.open_fs()
     try:
-        stream = fs.open_input_stream(path)
+        stream = fs.open_input_stream(path, compression=f.compression)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{f.name}: cannot read file ({exc})".replace("\n", " ")) from None
     with io.BufferedReader(stream, buffer_size=1 << 20) as lines:
-        for n, raw in enumerate(lines, start=1):
+        for n, raw in _numbered_lines(f, lines):
             if n == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8):]
             try:
@@ -284,6 +322,16 @@ def _jsonl_rows(f: DataFile) -> Iterator[tuple[int, object]]:
                                  "<json>: not an object")
                 continue
             yield n, obj
+
+
+def _numbered_lines(f: DataFile, lines: io.BufferedReader) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line); a file that fails to decompress (or to read) midway is an error naming it, never a
+    read that ends early: a truncated .gz would otherwise lose its tail unseen."""
+    try:
+        yield from enumerate(lines, start=1)
+    except (pa.ArrowException, OSError, EOFError) as exc:
+        what = f"cannot decompress ({f.compression})" if f.compression else "cannot read file"
+        raise DataError(f"{f.name}: {what}: {exc}".replace("\n", " ")) from None
 
 
 def _parquet_rows(unit: ReadUnit, wanted: frozenset[str]) -> Iterator[tuple[int, object]]:

@@ -24,7 +24,10 @@ Formats:
       turn under the chat template), and exports back to TRL's conversational columns.
     * Anthropic HH: `chosen` / `rejected` transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ..."); the prompt is the
       shared text up to and including the last "\\n\\nAssistant:", the responses what follows it.
-  `score_chosen` / `score_rejected`, when both are numbers, become `rewards` (ultrafeedback_binarized's scores).
+  `score_chosen` / `score_rejected`, when both are finite numbers, become `rewards` (ultrafeedback_binarized's
+  scores). When only one is given, or one is not a finite number (NaN, inf, a string), the list is kept without
+  rewards and the dropped scores are counted by field and reason (`values_left_out`, e.g. `score_chosen: NaN`):
+  the preference itself is still sound, and a whole pair should not be lost for a broken score.
   Other columns (`prompt_id`, `messages`) are not read: ids are content ids, as for every list without an `id`.
 - `ultrafeedback`: `instruction` (or `prompt`) and `completions: [{response, overall_score | fine-grained_score}]`
   -> a list of every completion with a response and a numeric rating; rewards = the ratings (the first of
@@ -61,8 +64,8 @@ from lipo import labels as labelers
 from lipo.data.files import DataFile, column_names
 from lipo.data.hf_datasets import source_files
 from lipo.data.readers import ReadReport, atomic_file, read_records, stream_records, write_lists
-from lipo.data.records import (LIST_SCHEMA, BadContent, InvalidRecord, Problem, content_text, record_to_row,
-                               row_to_record)
+from lipo.data.records import (LIST_SCHEMA, BadContent, InvalidRecord, Problem, content_text, number_text,
+                               record_to_row, row_to_record)
 from lipo.errors import DataError
 
 RATING_KEYS = ("overall_score", "fine-grained_score", "fine_grained_score")
@@ -76,11 +79,16 @@ class ImportReport:
     output: Path
     read: ReadReport
     left_out: Counter = field(default_factory=Counter)  # candidates left out of otherwise valid lists, by reason
+    # values left out of otherwise valid lists (a pair's scores, so no rewards), by "field: reason"
+    values_left_out: Counter = field(default_factory=Counter)
 
     def summary(self) -> str:
         line = f"import {self.fmt}: {self.read.summary()}; wrote {self.read.rows_valid} lists to {self.output}"
         if self.left_out:
             line += "; candidates left out: " + ", ".join(f"{k} {v}" for k, v in sorted(self.left_out.items()))
+        if self.values_left_out:
+            line += "; scores left out (lists kept without rewards): " + ", ".join(
+                f"{k} {v}" for k, v in sorted(self.values_left_out.items()))
         return line
 
 
@@ -90,6 +98,13 @@ def _bad(where: str, message: str, reason: str) -> InvalidRecord:
 
 def _number(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _not_a_number(v: Any) -> str:
+    """Why `v` (not None) is no finite number, as a message ends: `NaN`, `inf`, or its type."""
+    if isinstance(v, float) and not isinstance(v, bool):
+        return number_text(v)  # NaN / inf / -inf
+    return {str: "a string", bool: "a boolean"}.get(type(v), type(v).__name__)
 
 
 def _list_row(item: Mapping[str, Any], prompt: Any, responses: list[str], labels: list[float],
@@ -176,18 +191,44 @@ def _pair_prompt(item: Mapping[str, Any], chosen: Any, rejected: Any) -> tuple[A
     return pc or pr or prompt, a, b
 
 
-def pairs_row(item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    chosen, rejected = item.get("chosen"), item.get("rejected")
-    for name, v in (("chosen", chosen), ("rejected", rejected)):
-        if v is None:
-            raise _bad(name, "missing", f"{name}: missing")
-    prompt, a, b = _pair_prompt(item, chosen, rejected)
-    if not a.strip() or not b.strip():
-        raise _bad("chosen" if not a.strip() else "rejected", "empty response", "responses: empty")
-    if a == b:
-        raise _bad("rejected", "identical to chosen: no preference", "responses: identical")
-    sc, sr = _number(item.get("score_chosen")), _number(item.get("score_rejected"))
-    return _list_row(item, prompt, [a, b], [1.0, 0.0], [sc, sr] if sc is not None and sr is not None else None)
+SCORE_KEYS = ("score_chosen", "score_rejected")
+
+
+def _pair_rewards(item: Mapping[str, Any], values_left_out: Counter) -> list[float] | None:
+    """[score_chosen, score_rejected] when both are finite numbers; None when neither is given; otherwise None with
+    every given score counted by why it went unused (`score_chosen: NaN`; a sound score whose partner is missing or
+    broken: `score_rejected: partner unusable`), so no score disappears uncounted."""
+    raw = [item.get(k) for k in SCORE_KEYS]
+    scores = [_number(v) for v in raw]
+    if all(v is None for v in raw):
+        return None
+    if None not in scores:
+        return scores
+    for key, v, x in zip(SCORE_KEYS, raw, scores):
+        if v is not None:
+            values_left_out[f"{key}: {_not_a_number(v) if x is None else 'partner unusable'}"] += 1
+    return None
+
+
+class PairsRow:
+    def __init__(self, values_left_out: Counter):
+        self.values_left_out = values_left_out
+
+    def __call__(self, item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        chosen, rejected = item.get("chosen"), item.get("rejected")
+        for name, v in (("chosen", chosen), ("rejected", rejected)):
+            if v is None:
+                raise _bad(name, "missing", f"{name}: missing")
+        prompt, a, b = _pair_prompt(item, chosen, rejected)
+        if not a.strip() or not b.strip():
+            raise _bad("chosen" if not a.strip() else "rejected", "empty response", "responses: empty")
+        if a == b:
+            raise _bad("rejected", "identical to chosen: no preference", "responses: identical")
+        # A row found invalid later (ListRecord) never counts its scores here: it is counted as skipped instead.
+        dropped = Counter()
+        rec = _list_row(item, prompt, [a, b], [1.0, 0.0], _pair_rewards(item, dropped))
+        self.values_left_out.update(dropped)
+        return rec
 
 
 # ---------------------------------------------------------------------------------------------- ultrafeedback
@@ -225,10 +266,12 @@ def _reply(v: Any, where: str) -> tuple[str, float | None]:
     if text is None and isinstance(v.get("content"), list):  # OpenAI content parts
         text = _message({"role": "assistant", "content": v["content"]}, where)["content"]
     if text is None:
-        raise _bad(f"{where}.text", "missing", "responses: no text")
+        given = next((k for k in _TEXT_KEYS if v.get(k) is not None), None)  # there, but not text: say so
+        raise _bad(f"{where}.{given or 'text'}", f"must be a string, got {type(v[given]).__name__}" if given
+                   else "missing", "responses: no text")
     rank = v.get("rank")
     if rank is not None and _number(rank) is None:
-        raise _bad(f"{where}.rank", f"must be a number, got {type(rank).__name__}", "responses: bad rank")
+        raise _bad(f"{where}.rank", f"must be a finite number, got {_not_a_number(rank)}", "responses: bad rank")
     return text, _number(rank)
 
 
@@ -266,9 +309,11 @@ def message_row(item: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     if item["role"] not in ("prompter", "assistant"):
         raise _bad("role", f"must be prompter or assistant, got '{item['role']}'", "role: unknown")
     parent = item.get("parent_id")
+    if parent is not None and not isinstance(parent, str):  # not read as "no parent": that would make it a root
+        raise _bad("parent_id", f"must be a string or null, got {type(parent).__name__}", "parent_id: not a string")
     text, rank = _reply(item, "<message>")
-    return item["message_id"], {"message_id": item["message_id"], "parent_id": parent if isinstance(parent, str)
-                                else None, "role": item["role"], "text": text, "rank": rank}
+    return item["message_id"], {"message_id": item["message_id"], "parent_id": parent, "role": item["role"],
+                                "text": text, "rank": rank}
 
 
 def _thread(by_id: dict[str, dict], message_id: str) -> list[dict[str, str]] | None:
@@ -326,10 +371,11 @@ _SOURCE_COLUMNS: dict[str, tuple[str, ...]] = {
     "ultrafeedback": ("instruction", "completions"),
     "ranked": ("replies",),
 }
-_ROW_IMPORTERS: dict[str, Callable[[Counter], Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]]]] = {
-    "pairs": lambda left_out: pairs_row,
-    "ultrafeedback": UltraFeedbackRow,
-    "ranked": RankedRow,
+# format -> the row importer, given the report's counters (candidates left out, values left out)
+_ROW_IMPORTERS: dict[str, Callable[[Counter, Counter], Callable[[Mapping[str, Any]], tuple[str, dict[str, Any]]]]] = {
+    "pairs": lambda left_out, values_left_out: PairsRow(values_left_out),
+    "ultrafeedback": lambda left_out, values_left_out: UltraFeedbackRow(left_out),
+    "ranked": lambda left_out, values_left_out: RankedRow(left_out),
 }
 
 
@@ -343,6 +389,7 @@ def import_file(fmt: str, source: str | list[str], output: str, on_invalid: Lite
     if not str(output).endswith(".parquet"):
         raise DataError(f"output {output} must be a .parquet file")
     left_out: Counter = Counter()
+    values_left_out: Counter = Counter()
     files = [f for s in ([source] if isinstance(source, str) else source) for f in source_files(s, split)]
     if fmt == "ranked" and _is_message_export(files):
         messages, report = read_records(files, message_row, MESSAGE_SCHEMA, on_invalid)
@@ -356,9 +403,10 @@ def import_file(fmt: str, source: str | list[str], output: str, on_invalid: Lite
         report, out = ReadReport(), Path(output)
         schema = _reading_schema(LIST_SCHEMA, _SOURCE_COLUMNS[fmt])
         with atomic_file(out) as tmp, pq.ParquetWriter(tmp, LIST_SCHEMA) as writer:
-            for table in stream_records(files, _ROW_IMPORTERS[fmt](left_out), schema, on_invalid, report):
+            to_row = _ROW_IMPORTERS[fmt](left_out, values_left_out)
+            for table in stream_records(files, to_row, schema, on_invalid, report):
                 writer.write_table(table.select(LIST_SCHEMA.names).cast(LIST_SCHEMA))
-    result = ImportReport(fmt, out, report, left_out)
+    result = ImportReport(fmt, out, report, left_out, values_left_out)
     if not quiet:
         print(f"[lipo] {result.summary()}", flush=True)
         for line in report.first_errors:

@@ -8,7 +8,7 @@ Inputs: files, directories, globs and pyarrow-filesystem URIs (`lipo.data.files`
 formats: the line number in JSONL (blank lines are skipped but still counted), the row index + 1 in Parquet. Every
 row is validated with `ListRecord`; an invalid row raises `DataError` with one line:
 
-    data/train.jsonl: row 7: field 'labels[1]': must be finite, got nan
+    data/train.jsonl: row 7: field 'labels[1]': must be finite, got NaN
 
 or, with `on_invalid="skip"`, is counted in the `ReadReport` (by the reason of its first problem) and dropped.
 Duplicate ids are invalid too (ids key joins such as cached reference log-probs). The valid rows come back as

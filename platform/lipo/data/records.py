@@ -11,8 +11,13 @@ log-probabilities) ride along with the same length.
     prompt_of(row)               # "2+2?", or [{"role": ..., "content": ...}, ...] for a chat prompt
 
 Validation problems are reported per field: `describe_errors` turns a pydantic `ValidationError` into `Problem`s
-such as `labels[2]: must be finite, got nan`, and `row_to_record` raises `InvalidRecord` (a `DataError`) whose
-message names the field. Readers prefix the file and row.
+such as `labels[2]: must be finite, got NaN`, and `row_to_record` raises `InvalidRecord` (a `DataError`) whose
+message names the field. Readers prefix the file and row. A non-finite number is named (`NaN`, `inf`, `-inf`:
+`number_text`), never by its Python type alone ("got float"), wherever lipo reads a number.
+
+Chat roles are exactly `system`, `user`, `assistant` and `tool` (`ROLES`: what chat templates render); any other
+role (`robot`, `prompter`, `User`) is an error naming the message, e.g. `prompt[1].role`, never passed through to a
+template that would drop or misrender the turn.
 
 Prompt representation in Arrow/Parquet (`LIST_SCHEMA`), chosen so both kinds stay typed and no JSON hides inside
 a string column:
@@ -48,6 +53,7 @@ from pydantic_core import PydanticCustomError
 from lipo.errors import DataError
 
 MIN_RESPONSES = 2
+ROLES = ("system", "user", "assistant", "tool")
 
 _MESSAGE_TYPE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
 
@@ -76,10 +82,26 @@ def _fail(kind: str, message: str, field: str | None = None) -> PydanticCustomEr
     return PydanticCustomError(kind, message.replace("{", "(").replace("}", ")"), {"field": field} if field else None)
 
 
+def number_text(x: Any) -> str:
+    """A number as messages show it: `NaN`, `inf` and `-inf` by name, others as Python writes them."""
+    if isinstance(x, float) and math.isnan(x):
+        return "NaN"
+    return repr(x)
+
+
 def _finite(x: float) -> float:
     if not math.isfinite(x):
-        raise _fail("not_finite", f"must be finite, got {x!r}")
+        raise _fail("not_finite", f"must be finite, got {number_text(x)}")
     return x
+
+
+def check_role(role: Any) -> str | None:
+    """Why `role` is not a chat role (a message), or None when it is one of `ROLES`."""
+    if not isinstance(role, str) or not role.strip():
+        return f"must be a non-empty string, got {_type_name(role) if not isinstance(role, str) else 'an empty string'}"
+    if role not in ROLES:
+        return f"must be one of {', '.join(ROLES)}, got '{role}'"
+    return None
 
 
 def _unit_interval(x: float) -> float:
@@ -130,6 +152,14 @@ class ChatMessage(BaseModel):
 
     role: str
     content: str
+
+    @field_validator("role")
+    @classmethod
+    def _check_role(cls, v: str) -> str:
+        problem = check_role(v)
+        if problem:
+            raise _fail("bad_role", problem)
+        return v
 
     @field_validator("content", mode="before")
     @classmethod
@@ -210,9 +240,9 @@ def _check_message(i: int, m: Any) -> ChatMessage:
         if key not in m:
             raise _fail("bad_message", "missing", f"{where}.{key}")
     role, content = m["role"], m["content"]
-    if not isinstance(role, str) or not role.strip():
-        got = _type_name(role) if not isinstance(role, str) else "an empty string"
-        raise _fail("bad_message", f"must be a non-empty string, got {got}", f"{where}.role")
+    problem = check_role(role)
+    if problem:
+        raise _fail("bad_role", problem, f"{where}.role")
     try:
         return ChatMessage(role=role, content=content_text(content))
     except BadContent as exc:

@@ -86,7 +86,9 @@ class EvalConfig(Strict):
     bootstrap: BootstrapConfig = BootstrapConfig()
     kl: bool = True  # KL estimate against the baseline model, when one is served
     server: ServerConfig = ServerConfig()
-    serve: ServeConfig = ServeConfig()
+    # lipo's own server for this evaluation: its only client is this process, so one ingress replica (Serve's
+    # default of two is for shared servers, where a dead ingress must not stall everyone's requests).
+    serve: ServeConfig = Field(default_factory=lambda: ServeConfig(ingress={"num_replicas": 1}))
     tracking: EvalTrackingConfig = EvalTrackingConfig()
 
     def policy_id(self) -> str:

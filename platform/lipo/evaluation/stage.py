@@ -60,7 +60,7 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
         url, started = start_local(own, key, log_level="WARNING"), not had_serve
     config = cfg.model_copy(update={"run_name": run_name}).model_dump(mode="json")
     with tracking.stage_run(uri, cfg.tracking.experiment, run_name, "eval", cfg.tracking.parent_run_id,
-                            config=config) as run:
+                            config=config, output=cfg.output_dir) as run:
         try:
             samples, metrics, plan = evaluate(cfg, rows, url, key)
         finally:

@@ -55,7 +55,7 @@ def build_lists(cfg: BuildListsConfig, parent_run_id: str | None = None) -> Buil
     uri = tracking.resolve_uri(t.uri, local_parent) if t.enabled else None
     name = t.run_name or f"{STAGE}-{plan.config_hash}"  # a resumed build keeps its run
     with tracking.stage_run(uri, t.experiment, name, STAGE, parent_run_id, config=plan.resolved,
-                            enabled=t.enabled) as run:
+                            enabled=t.enabled, output=plan.out.root) as run:  # another output.dir: another run
         def on_shard(done: int, record: dict[str, Any]) -> None:  # progress in MLflow as each shard lands
             run.log_metrics({"progress/shards_done": done, "progress/lists": record["lists"]}, done)
 

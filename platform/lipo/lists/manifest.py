@@ -17,10 +17,21 @@ file first, then its record, under fixed names: a retried or replayed task repla
 is never two lists. On rerun, unfinished shards are redone from scratch (a part file renamed into place before a
 kill is simply replaced).
 
-`input_digest` (manifest and resume check): since schema 1 of the streaming build it is the hash of the shards'
-`ids_sha` values in shard order (each the hash of one shard's prompt ids in order), no longer the hash of the id list
-itself. It still changes exactly when the valid prompt ids, their order or their sharding change; a manifest
-written by the old definition therefore reads as "different input prompts" when rebuilt into the same directory.
+Input changes (decided in issue 16): every rerun revalidates the input (`lipo.lists.staging`), which gives each
+planned shard its `content_sha`, the digest of its prompt rows' CONTENT (text or messages, reference, responses,
+the scorer's column, id, seed; `lipo.lists.prompts.content_digest`), computed by the workers, one shard at a time.
+Each shard record keeps the `content_sha` it was built from. A finished shard whose digest differs from the plan's,
+or that the plan no longer has, is stale (`stale_shards`): the rerun forgets it (`forget`: manifest first, then the
+shard's record and part file) and builds it again, while every other finished shard is kept. So editing one
+prompt's text under the same id redoes exactly its shard, and a build that was complete becomes a resume of that
+shard; inserting a prompt redoes the shards after it (shards are consecutive prompts), appending one redoes only the
+last. We redo rather than refuse because the shard layout makes it exact and cheap: a shard's lists depend only on
+its own prompts and the config (seeds come from ids), its files have fixed names, and a kill between forgetting and
+rebuilding leaves a state the next rerun repairs the same way. A different config (`identity_hash`) is still refused.
+Records written before issue 16 have no `content_sha` and are therefore redone once.
+
+`input_digest` (manifest): the hash of the shards' `content_sha` values in shard order. Before issue 16 it hashed
+the shards' id digests only, so an edited prompt under the same id went unnoticed ("already complete").
 
 The manifest is computed from the shard records alone (`summarize`): counts and drops add up, statistics merge as
 `lipo.lists.stats` describes (quantiles from a bounded sample per shard, exact at small sizes). Completeness is
@@ -158,9 +169,9 @@ class OutputDir:
         for name in self.record_files():
             yield self.read_json(f"{STATE_DIR}/{name}")
 
-    def finished(self) -> dict[int, str]:
-        """ids_sha of each finished shard, by shard index."""
-        return {r["shard"]: r["ids_sha"] for r in self.records()}
+    def finished(self) -> dict[int, str | None]:
+        """content_sha of each finished shard, by shard index (None for a record from before issue 16)."""
+        return {r["shard"]: r.get("content_sha") for r in self.records()}
 
     def part_rows(self) -> dict[str, int]:
         """Rows of every part file, from its Parquet footer."""
@@ -188,19 +199,19 @@ def open_output(out: OutputDir, cfg_hash: str, resolved: dict) -> str:
     return "new"
 
 
-def check_complete_input(out: OutputDir, input_digest: str) -> None:
-    """A finished build must have been built from the same prompts."""
-    if out.manifest().get("input_digest") != input_digest:
-        raise LipoError(f"output.dir {out} holds a finished build of different input prompts; "
-                        "use another output.dir, or delete it to start over")
+def stale_shards(finished: dict[int, str | None], planned: dict[int, str]) -> list[int]:
+    """Finished shards to build again: their prompts' content digest differs from the plan's, or the plan no longer
+    has them (fewer prompts than before). `planned`: content_sha by shard index."""
+    return sorted(i for i, sha in finished.items() if planned.get(i) != sha)
 
 
-def check_resumable(finished: dict[int, str], ids_shas: dict[int, str], out: OutputDir | str) -> None:
-    """A finished shard must still hold the same prompts: otherwise the input changed under a half-built output."""
-    for i, sha in finished.items():
-        if ids_shas.get(i) != sha:
-            raise LipoError(f"output.dir {out}: the input prompts changed since shard {i} was built; "
-                            "use another output.dir, or delete it to start over")
+def forget(out: OutputDir, stale: list[int]) -> None:
+    """Make the stale shards unfinished: the manifest goes first (the directory stops claiming to be complete), then
+    each shard's record (it stops counting as finished), then its part file (no stale list is left to read)."""
+    out.delete(MANIFEST_NAME)
+    for i in stale:
+        out.delete(out.record_name(i))
+        out.delete(out.part_name(i))
 
 
 def summarize(out: OutputDir, n_prompts: int, n_shards: int) -> dict[str, Any]:

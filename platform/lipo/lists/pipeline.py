@@ -14,6 +14,10 @@ shard's staged row group, each model stage is a `map_batches` over its own actor
 `num_gpus` from `resources.<stage>`), and `WriteShard` writes the shard's part file and record itself
 (`lipo.lists.shards`), sending only the record back. Actors are restarted when they die and their tasks retried
 (`max_restarts=-1`, `max_task_retries=-1`); a retried write replaces the same files, so a list is never duplicated.
+
+Reruns: the same config into the same `output.dir` resumes, or finds the build complete. Finished shards whose
+prompts changed since (content digests, not only ids; `lipo.lists.manifest`) are built again and the others kept;
+a complete build whose prompts changed becomes a resume of the changed shards, never "already complete".
 """
 
 from __future__ import annotations
@@ -34,9 +38,8 @@ from lipo.data.files import plan_units, resolve_paths
 from lipo.data.readers import ReadReport
 from lipo.errors import LipoError
 from lipo.lists.config import BuildListsConfig, StageResources, identity_hash
-from lipo.lists.manifest import (
-    MANIFEST_NAME, SCHEMA_VERSION, STAT_KEYS, OutputDir, check_complete_input, check_resumable, open_output,
-    summarize)
+from lipo.lists.manifest import (MANIFEST_NAME, SCHEMA_VERSION, STAT_KEYS, OutputDir, forget, open_output,
+                                 stale_shards, summarize)
 from lipo.lists.prompts import PromptValidator, Shard
 from lipo.lists.scorers import resolve_function
 from lipo.lists.shards import LoadShard, WriteShard, descriptor
@@ -88,12 +91,22 @@ def prepare(cfg: BuildListsConfig) -> Plan:
     out, resolved, h = OutputDir(cfg.output.dir), cfg.model_dump(mode="json"), identity_hash(cfg)
     status = open_output(out, h, resolved)
     staged = stage_prompts(cfg, resolved, units, out, PromptValidator(cfg, tokenizer))
-    if status == "complete":
-        check_complete_input(out, staged.input_digest)
     finished = out.finished()
-    check_resumable(finished, {s.index: s.ids_sha for s in staged.shards}, out)
-    pending = [] if status == "complete" else [s for s in staged.shards if s.index not in finished]
+    stale = stale_shards(finished, {s.index: s.content_sha for s in staged.shards})
+    if stale or (status == "complete" and out.manifest().get("input_digest") != staged.input_digest):
+        if stale:
+            _say_stale(out, stale)
+        forget(out, stale)  # see lipo.lists.manifest: redo the shards whose prompts changed, keep the others
+        status = "resume" if status == "complete" else status
+        finished = {i: sha for i, sha in finished.items() if i not in stale}
+    pending = [s for s in staged.shards if s.index not in finished]
     return Plan(cfg, resolved, h, out, status, staged.shards, pending, staged.report, staged.input_digest)
+
+
+def _say_stale(out: OutputDir, stale: list[int]) -> None:
+    shown = ", ".join(map(str, stale[:8])) + (", ..." if len(stale) > 8 else "")
+    print(f"[lipo] {out}: the input prompts changed since {len(stale)} finished shard(s) were built "
+          f"({shown}); building them again, keeping the others", flush=True)
 
 
 def _pool(res: StageResources) -> ActorPoolStrategy:
@@ -140,7 +153,7 @@ def build_dataset(plan: Plan):
     if cfg.reference is not None:
         ds = _map(ds, ReferenceStage, plan, cfg.resources.reference)
     ds = _map(ds, ScoreStage, plan, cfg.resources.score)
-    expected = {s.index: (s.rows, s.ids_sha) for s in plan.pending}
+    expected = {s.index: (s.rows, s.ids_sha, s.content_sha) for s in plan.pending}
     return _io_map(ds, WriteShard, {"out": plan.out, "expected": expected}, plan)
 
 

@@ -25,11 +25,17 @@ Shards are chunks of up to S = `output.shard_size` consecutive valid prompts of 
 Parquet row groups), numbered in input order; with one input unit this is shard i = prompts [i*S, (i+1)*S). Each
 prompt's sampling seed is a hash of (config seed, prompt id), never of its row position, so a prompt gets the same
 candidates whichever shard, batch or rerun it lands in.
+
+Each shard carries two digests: `ids_sha` (its prompt ids in order: the pipeline checks that a block is exactly its
+shard) and `content_sha` (every column of its validated prompt rows: id, prompt or messages, reference, responses,
+the scorer's column, seed, truncation flag). The content digest is what a rerun compares (`lipo.lists.manifest`), so
+editing a prompt's text under the same id redoes that prompt's shard instead of keeping a stale list.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,7 +44,8 @@ from typing import Any
 import pyarrow as pa
 
 from lipo.data.readers import ReadReport, read_records
-from lipo.data.records import LIST_SCHEMA, InvalidRecord, Problem, content_id, record_to_row, row_to_record
+from lipo.data.records import (LIST_SCHEMA, InvalidRecord, Problem, content_id, number_text, record_to_row,
+                               row_to_record)
 from lipo.data.tokenize import encode_prompt
 from lipo.lists.config import BuildListsConfig
 
@@ -113,7 +120,7 @@ class PromptValidator:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise _bad(f"{f}[{i}]", f"must be a number, got {_type_name(v)}", f"{f}: not a number")
             if not math.isfinite(v):
-                raise _bad(f"{f}[{i}]", f"must be finite, got {v!r}", f"{f}: not finite")
+                raise _bad(f"{f}[{i}]", f"must be finite, got {number_text(v)}", f"{f}: not finite")
         return [float(v) for v in values]
 
 
@@ -147,12 +154,13 @@ class Shard:
     tests and benchmarks)."""
 
     index: int
-    ids_sha: str  # hash of the shard's prompt ids, in order: detects input that changed between a run and its resume
+    ids_sha: str  # hash of the shard's prompt ids, in order: the pipeline's check that a block is this shard
     rows: int
     unit: int = -1
     row_group: int = -1
     skip: tuple[int, ...] = ()
     table: pa.Table | None = None
+    content_sha: str = ""  # hash of the shard's prompt rows, every column: what a rerun compares (content_digest)
 
     @property
     def name(self) -> str:
@@ -161,6 +169,17 @@ class Shard:
 
 def ids_digest(ids: list[str]) -> str:
     return hashlib.sha1("\n".join(ids).encode("utf-8")).hexdigest()[:16]
+
+
+def content_digest(table: pa.Table) -> str:
+    """Hash of a shard's prompt rows (every column, in order), as canonical JSON: the same rows give the same digest on
+    any machine and pyarrow version, and any edit (text, messages, reference, responses, scores, id) changes it."""
+    h = hashlib.sha1()
+    for batch in table.to_batches():
+        for row in batch.to_pylist():
+            h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+            h.update(b"\n")
+    return h.hexdigest()[:16]
 
 
 def with_seeds(table: pa.Table, seed: int) -> pa.Table:
@@ -173,4 +192,5 @@ def plan_shards(table: pa.Table, seed: int, shard_size: int) -> list[Shard]:
     """In-memory shards of an already-read prompt table (`read_prompts`), for tests and benchmarks."""
     table = with_seeds(table, seed)
     slices = [table.slice(start, shard_size) for start in range(0, table.num_rows, shard_size)]
-    return [Shard(i, ids_digest(t.column("id").to_pylist()), t.num_rows, table=t) for i, t in enumerate(slices)]
+    return [Shard(i, ids_digest(t.column("id").to_pylist()), t.num_rows, table=t, content_sha=content_digest(t))
+            for i, t in enumerate(slices)]

@@ -54,15 +54,16 @@ class LoadShard:
         return work_table(shard.index, read_shard(self.out, shard))
 
 
-def shard_record(index: int, ids_sha: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def shard_record(index: int, ids_sha: str, rows: list[dict[str, Any]], content_sha: str = "") -> dict[str, Any]:
     """What one shard's rows (kept or dropped) add to the manifest: counts, drops by reason, events (truncations,
-    candidate drops), lists with every label tied, and each statistic's mergeable summary (`lipo.lists.stats`)."""
+    candidate drops), lists with every label tied, and each statistic's mergeable summary (`lipo.lists.stats`); and
+    the digest of the prompts it was built from (`content_sha`), which a rerun compares."""
     kept = [r for r in rows if r["drop"] is None]
 
     def flat(column: str) -> list[float]:
         return [x for r in kept if r[column] is not None for x in r[column]]
 
-    return {"shard": index, "ids_sha": ids_sha, "prompts": len(rows), "lists": len(kept),
+    return {"shard": index, "ids_sha": ids_sha, "content_sha": content_sha, "prompts": len(rows), "lists": len(kept),
             "candidates": sum(len(r["responses"]) for r in kept),
             "lists_all_tied": sum(1 for r in kept if len(set(r["labels"])) == 1),  # no preference signal
             "dropped_lists": dict(Counter(r["drop"] for r in rows if r["drop"] is not None)),
@@ -75,13 +76,14 @@ def shard_record(index: int, ids_sha: str, rows: list[dict[str, Any]]) -> dict[s
 class WriteShard:
     """The last map: one complete shard's rows -> its part file and record, written here; one record row out."""
 
-    def __init__(self, out: OutputDir, expected: dict[int, tuple[int, str]]):
-        self.out, self.expected = out, expected  # shard index -> (prompts, ids_sha)
+    def __init__(self, out: OutputDir, expected: dict[int, tuple[int, str, str]]):
+        self.out, self.expected = out, expected  # shard index -> (prompts, ids_sha, content_sha)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         index = self.check(rows)
-        record = shard_record(index, self.expected[index][1], rows)
+        _, ids_sha, content_sha = self.expected[index]
+        record = shard_record(index, ids_sha, rows, content_sha)
         self.write(index, [r for r in rows if r["drop"] is None], record)
         return pa.table({"record": [json.dumps(record)]})
 
@@ -90,7 +92,7 @@ class WriteShard:
         found = sorted({r["shard"] for r in rows})
         if len(found) != 1 or found[0] not in self.expected:
             raise RuntimeError(f"WriteShard got a block of shards {found}; expected exactly one planned shard")
-        n, sha = self.expected[found[0]]
+        n, sha, _ = self.expected[found[0]]
         if len(rows) != n or ids_digest([r["id"] for r in rows]) != sha:
             raise RuntimeError(f"WriteShard got {len(rows)} rows for shard {found[0]}, not its {n} planned prompts")
         return found[0]

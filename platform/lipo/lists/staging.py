@@ -6,18 +6,22 @@
 One Ray Data task per input unit (`lipo.data.distributed.map_units`; the tokenizer loads once per actor) validates
 its rows (`lipo.lists.prompts.PromptValidator`), adds each prompt's seed, and writes the valid rows to
 `OUT/_build/prompts/unit-NNNNN.parquet` with one row group per shard (`output.shard_size` rows, the last one
-shorter). It returns a small record: its `ReadReport`, its valid count, one 16-byte hash per valid id and the
-`ids_sha` of each row group. The driver then
+shorter). It returns a small record: its `ReadReport`, its valid count, one 16-byte hash per valid id, and the
+`ids_sha` and `content_sha` of each row group (`lipo.lists.prompts`: the content digest is computed here, in the
+workers, so the driver never reads the prompts to know whether they changed). The driver then
 - merges the reports (a bad row under `on_invalid: error` has already stopped the pass, naming file/row/field);
 - finds duplicate ids across all units from the hashes (`lipo.data.distributed.drop_duplicates`, the same check
   training's tokenisation makes): an error naming the later copy (`g.jsonl: row 9: field 'id': duplicate id 'x'
   (first at f.jsonl row 2)`), or under `skip` counted as "id: duplicate" and left out of its shard;
-- applies `input.limit` (the first N valid prompts in input order) and numbers the shards globally.
+- applies `input.limit` (the first N valid prompts in input order) and numbers the shards globally. A shard that
+  keeps only part of its row group (a duplicate left out, or the cut of `input.limit`) gets its digests from the
+  rows it keeps: the driver reads that one row group (at most `output.shard_size` rows) to compute them.
 
 So the driver holds the units, the records (16 bytes per valid prompt for the duplicate check) and the shard
-descriptors, never a prompt. Every build reruns this pass, resumes included: it is one read of the input (cheap next
-to generation), its output names are fixed and written atomically, and the same input gives the same staged files
-and shards; that is also how a resume notices input that changed (`lipo.lists.manifest.check_resumable`).
+descriptors, never more than one shard's prompts. Every build reruns this pass, resumes and finished builds
+included: it is one read of the input (cheap next to generation), its output names are fixed and written atomically,
+and the same input gives the same staged files and shards; that is also how a rerun notices prompts that changed
+(`lipo.lists.manifest.stale_shards`).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from lipo.data.readers import ReadReport, read_unit
 from lipo.errors import DataError
 from lipo.lists.config import BuildListsConfig
 from lipo.lists.manifest import OutputDir
-from lipo.lists.prompts import PromptValidator, Shard, given_column, ids_digest, prompt_schema, with_seeds
+from lipo.lists.prompts import (PromptValidator, Shard, content_digest, given_column, ids_digest, prompt_schema,
+                                with_seeds)
 
 
 
@@ -76,7 +81,7 @@ class StagePrompts:
         cfg, size = self.cfg, self.cfg.output.shard_size
         report = ReadReport()
         staged = with_seeds(given_column(self.schema.empty_table(), cfg.score.field), cfg.seed).schema
-        hashes, shas = [id_hashes([])], []
+        hashes, shas, contents = [id_hashes([])], [], []
         with self.out.open_write(OutputDir.staged_name(index)) as stream:
             writer = pq.ParquetWriter(stream, staged)
             try:
@@ -86,11 +91,12 @@ class StagePrompts:
                     ids = table.column("id").to_pylist()
                     hashes.append(id_hashes(ids))
                     shas.append(ids_digest(ids))
+                    contents.append(content_digest(table))
                     writer.write_table(table, row_group_size=size)
             finally:
                 writer.close()
         return {"report": report.to_json(), "valid": report.rows_valid, "hashes": np.concatenate(hashes),
-                "shas": shas}
+                "shas": shas, "contents": contents}
 
 
 def read_shard(out: OutputDir, shard: Shard, columns: list[str] | None = None) -> pa.Table:
@@ -116,17 +122,18 @@ def _plan(records: list[dict], excluded: set[int], limit: int | None, size: int,
     shards: list[Shard] = []
     start, taken = 0, 0
     for u, r in enumerate(records):
-        for g, sha in enumerate(r["shas"]):
+        for g, (sha, content) in enumerate(zip(r["shas"], r["contents"])):
             lo = start + g * size
             n = min(size, r["valid"] - g * size)
             skip = tuple(p - lo for p in range(lo, lo + n) if p in excluded)
             rows = n - len(skip) if limit is None else min(n - len(skip), limit - taken)
             if rows <= 0:
                 continue
-            shard = Shard(len(shards), sha, rows, u, g, skip)
-            if rows < n:  # not the whole row group: its ids_sha is that of the rows it keeps
-                ids = read_shard(out, shard, ["id"]).column("id").to_pylist()
-                shard = Shard(shard.index, ids_digest(ids), rows, u, g, skip)
+            shard = Shard(len(shards), sha, rows, u, g, skip, content_sha=content)
+            if rows < n:  # not the whole row group: its digests are those of the rows it keeps
+                kept = read_shard(out, shard)
+                shard = Shard(shard.index, ids_digest(kept.column("id").to_pylist()), rows, u, g, skip,
+                              content_sha=content_digest(kept))
             shards.append(shard)
             taken += rows
         start += r["valid"]
@@ -148,4 +155,4 @@ def stage_prompts(cfg: BuildListsConfig, resolved: dict, units: list[ReadUnit], 
     if not shards:
         first = report.first_errors[0] if report.first_errors else ""
         raise DataError(f"no valid rows: {report.summary()}; first error: {first}")
-    return Staged(shards, report, ids_digest([s.ids_sha for s in shards]))
+    return Staged(shards, report, ids_digest([s.content_sha for s in shards]))

@@ -23,6 +23,14 @@ How it stays fast and reproducible:
   When None (build-lists, evaluation, whole answers) nothing changes. When given, the callback usually copies `nxt`
   to the host (one sync per step: the price of streaming), so the "all rows done?" check then runs every step as
   well, adding no further stall.
+- **Deadlines** (`deadlines`, optional: one absolute `time.time()` per row, for Serve's request timeout): checked on
+  the host before each decode forward, with no device sync (the next deadline is a float compare); a row past its
+  deadline ends there as if it drew EOS, and once every row has ended (or passed its deadline) the pass stops, so a
+  request the ingress answered with a 408 stops costing forwards within one step. A single forward (the prefill, a
+  decode step) is never interrupted.
+- **Seeds are int64.** Row seeds live in an int64 tensor; `sample_seed(seed, j)` (= seed * 1000 + j, choice j of
+  a prompt seeded `seed`) is the one mapping build-lists, evaluation and Serve use, and `sample_ids` refuses a row
+  seed outside int64 with a ValueError naming the row instead of an overflow deep in torch.
 - **Both cache APIs.** transformers < 5.24 takes `past_key_values=`, later releases `cache=`; the keyword is read
   from the model's signature once per call. The cache object is made here and updated in place, so no output field
   is read.
@@ -34,6 +42,8 @@ Run its tests: `pytest tests/lipo/models/test_generate.py`; its speed against `m
 from __future__ import annotations
 
 import inspect
+import math
+import time
 from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +55,8 @@ from lipo.models.attention import unwrap
 
 STOP_CHECK_EVERY = 8  # GPU steps between "all rows done?" syncs; up to 7 wasted steps once every row has ended
 _M32 = 0xFFFFFFFF
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # row seeds are int64 on the device
+SEEDS_PER_PROMPT = 1000  # choice j < 1000 of a prompt seeded s draws with row seed s * 1000 + j
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,22 @@ class SamplingParams:
     top_p: float = 1.0
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()
+
+
+def sample_seed(seed: int, j: int) -> int:
+    """The row seed of choice j of a prompt whose seed is `seed` (build-lists: the list's seed; Serve: request seed
+    + prompt index). Within int64 for |seed| <= (2^63 - 1000) / 1000, about 9.2e15."""
+    return seed * SEEDS_PER_PROMPT + j
+
+
+def context_length(model) -> int | None:
+    """The longest sequence (prompt + completion) the model's config allows, or None when it names none."""
+    config = unwrap(model).config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
@@ -168,20 +196,57 @@ def _check_every(device: torch.device) -> int:
     return STOP_CHECK_EVERY if device.type == "cuda" else 1
 
 
+class _Deadlines:
+    """Rows' absolute deadlines (`time.time()`), checked on the host: `late(t)` is None until some row's deadline
+    passes, then (once per newly late set) the [N] bool mask of every late row, on the device; `cut` ends each late
+    row's tokens after the step that found it late."""
+
+    def __init__(self, deadlines: list[float | None] | None, n: int, device):
+        self.at = [math.inf if d is None else float(d) for d in (deadlines or [None] * n)]
+        if len(self.at) != n:
+            raise ValueError(f"sample_ids: {len(self.at)} deadlines for {n} rows")
+        self.device, self.next, self.all = device, min(self.at, default=math.inf), False
+        self.ends: list[int | None] = [None] * n  # tokens kept by each late row
+
+    def late(self, t: int) -> torch.Tensor | None:
+        now = time.time()
+        if now < self.next:  # the common case: one float compare per step
+            return None
+        self.next = min((d for d in self.at if d > now), default=math.inf)
+        mask = [d <= now for d in self.at]
+        self.ends = [e if e is not None or not m else t + 1 for e, m in zip(self.ends, mask)]
+        self.all = all(mask)
+        return torch.tensor(mask, dtype=torch.bool, device=self.device)  # [N]
+
+    def cut(self, rows: list[list[int]]) -> list[list[int]]:
+        return [row if end is None else row[:end] for row, end in zip(rows, self.ends)]
+
+
+def _check_seeds(seeds: list[int]) -> list[int]:
+    out = [int(s) for s in seeds]
+    for i, s in enumerate(out):
+        if not SEED_MIN <= s <= SEED_MAX:
+            raise ValueError(f"sample_ids: seeds[{i}] = {s} is outside the sampler's int64 range")
+    return out
+
+
 @torch.no_grad()
 def sample_ids(model, prompt_ids: list[list[int]], seeds: list[int], p: SamplingParams, pad_id: int,
-               eos_id: int, on_step: Callable[[int, torch.Tensor], bool | None] | None = None) -> list[list[int]]:
+               eos_id: int, on_step: Callable[[int, torch.Tensor], bool | None] | None = None,
+               deadlines: list[float | None] | None = None) -> list[list[int]]:
     """One completion (token ids, EOS excluded) per prompt row; row i's draws depend only on seeds[i] and its own
     prompt. Rows may repeat a prompt: each distinct prompt is prefilled once. `on_step(t, nxt)` (optional) sees each
     step's ids ([N], on the device; rows past their EOS keep drawing and are cut afterwards) as soon as they are
     drawn; it does not change the result, unless it returns True: then every row ends at that step (a stream whose
-    readers have all gone)."""
+    readers have all gone). `deadlines[i]` (optional, `time.time()` seconds, None: none) ends row i at the first
+    step after it (its completion is then cut short, without EOS); the pass stops once every row has ended."""
     device = next(model.parameters()).device
     n = len(prompt_ids)
+    row_seeds = torch.tensor(_check_seeds(seeds), dtype=torch.long, device=device)  # [N]
+    late = _Deadlines(deadlines, n, device)
     keywords = _forward_keywords(model)
     cache, logits, attn, positions = _prefill(model, prompt_ids, pad_id, device, keywords)  # [N, V], [N, W], [N, 1]
     cache_kw = keywords[0]
-    row_seeds = torch.tensor([int(s) for s in seeds], dtype=torch.long, device=device)  # [N]
     check_every = 1 if on_step is not None else _check_every(device)  # the callback syncs anyway
     done = torch.zeros(n, dtype=torch.bool, device=device)
     steps: list[torch.Tensor] = []  # [N] per step
@@ -191,6 +256,10 @@ def sample_ids(model, prompt_ids: list[list[int]], seeds: list[int], p: Sampling
         if on_step is not None and on_step(t, nxt):
             break
         done |= nxt == eos_id
+        if (mask := late.late(t)) is not None:  # some row's request timed out: it ends here, like an EOS
+            done |= mask
+            if late.all:
+                break
         if t + 1 == p.max_new_tokens or ((t + 1) % check_every == 0 and bool(done.all())):
             break
         attn = torch.cat([attn, attn.new_ones((n, 1))], dim=-1)  # [N, W + t + 1]
@@ -198,15 +267,16 @@ def sample_ids(model, prompt_ids: list[list[int]], seeds: list[int], p: Sampling
                        **{cache_kw: cache}).logits[:, -1, :]  # [N, V]
         positions = positions + 1
     tokens = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(n)]  # [N, T]: one host copy
-    return [row[:row.index(eos_id)] if eos_id in row else row for row in tokens]
+    return late.cut([row[:row.index(eos_id)] if eos_id in row else row for row in tokens])
 
 
 def sample(model, tokenizer, prompts: list[Any], n: int, seeds: list[int], params: SamplingParams,
            max_prompt_tokens: int = 512) -> list[list[str]]:
-    """`n` completions for each prompt (text or chat messages); completion j of prompt i uses seed seeds[i]*1000+j."""
+    """`n` completions for each prompt (text or chat messages); completion j of prompt i uses row seed
+    `sample_seed(seeds[i], j)`."""
     encoded = [encode_prompt(pr, tokenizer)[-max_prompt_tokens:] for pr in prompts]
     rows = [e for e in encoded for _ in range(n)]
-    row_seeds = [s * 1000 + j for s in seeds for j in range(n)]
+    row_seeds = [sample_seed(s, j) for s in seeds for j in range(n)]
     ids = sample_ids(model, rows, row_seeds, params, tokenizer.pad_token_id, tokenizer.eos_token_id)
     texts = [truncate_at_stop(tokenizer.decode(x, skip_special_tokens=True), params.stop) for x in ids]
     return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]

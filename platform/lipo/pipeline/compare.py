@@ -44,7 +44,7 @@ def compare(cfg: PipelineConfig) -> list[dict]:
     if stages.evaluate.server.url:
         raise ConfigError("evaluate.server.url: compare serves each trained policy itself; leave it unset")
     ledger = Ledger(paths.root)
-    with tracking.stage_run(uri, cfg.experiment, f"{cfg.name}-compare", "compare") as parent:
+    with tracking.stage_run(uri, cfg.experiment, f"{cfg.name}-compare", "compare", output=paths.root) as parent:
         up = upstream(cfg, paths, stages, ledger, parent.run_id)
         full_k = stages.build_lists.generate.num_candidates if stages.build_lists.generate else max(
             cfg.compare.list_sizes)

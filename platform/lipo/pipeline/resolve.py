@@ -131,6 +131,7 @@ def train_stage(cfg: PipelineConfig, paths: Paths, policy_start: str | None, lis
 def evaluate_stage(cfg: PipelineConfig, paths: Paths, policy_start: str | None, rm: RewardTrainConfig | None,
                    lists: BuildListsConfig, train: TrainConfig, tracking_uri: str) -> EvalConfig:
     serve: dict[str, Any] = {"policy": {"model": str(train.model_dir()), "name": "policy"},
+                             "ingress": {"num_replicas": 1},  # one client, this process (see EvalConfig.serve)
                              "tracking_uri": tracking_uri}
     if policy_start:
         serve["baseline"] = {"model": policy_start, "name": "sft"}

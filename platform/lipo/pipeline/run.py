@@ -47,7 +47,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict:
     uri = tracking.resolve_uri(cfg.tracking_uri, str(paths.root))
     stages = resolve(cfg, uri)  # every stage config validated before any work starts
     ledger = Ledger(paths.root)
-    with tracking.stage_run(uri, cfg.experiment, cfg.name, "pipeline") as parent:
+    with tracking.stage_run(uri, cfg.experiment, cfg.name, "pipeline", output=paths.root) as parent:
         up = upstream(cfg, paths, stages, ledger, parent.run_id)
         res = up.results
         res["train"] = ledger.run("train", stages.train, train_policy, stages.train, parent.run_id)

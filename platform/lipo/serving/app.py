@@ -11,12 +11,24 @@ Serve validates `args` from the YAML into `ServeArgs`. Deployment names (for per
 Serve config or the Helm chart): `LipoIngress`, `LipoPolicy`, `LipoBaseline`, `LipoReward`. The routes and error
 bodies are in `lipo.serving.routes`; `lipo.serving.local` runs the application on this machine (`lipo serve`).
 
-Request path: proxy -> `Guard` (401 / 413, see `lipo.serving.security`) -> FastAPI body validation (422 naming the
-field) -> config limits (422) -> DeploymentHandle call under `asyncio.wait_for` (408 past
-`limits.request_timeout_s`, for a stream's whole answer too; a client cannot switch this one off, unlike Serve's
-proxy timeout, which honours an `x-request-timeout-seconds` header). A full deployment queue is Serve's 503
-(`max_queued_requests`), at the proxy for the ingress and at the handle for a model deployment. A stream
-(`stream: true`) meets all of these before its response starts: `sample_stream` awaits its first event first.
+Request path: proxy -> `Guard` (401 / 413, and 408 when the body is not in within `limits.body_timeout_s`; see
+`lipo.serving.security`) -> FastAPI body validation (422 naming the field) -> config limits (422) -> DeploymentHandle
+call under `asyncio.wait_for` (408 past `limits.request_timeout_s`, for a stream's whole answer too; a client cannot
+switch this one off, unlike Serve's proxy timeout, which honours an `x-request-timeout-seconds` header). A full
+ingress (its replicas' `max_ongoing_requests` plus the proxy's `max_queued_requests`) is Serve's 503 with
+`Retry-After`, at the proxy; the model deployments admit whatever the ingress admitted (`lipo.serving.config`,
+"Capacity"), so admitted requests wait in their batch queues, never in a Serve router. A stream (`stream: true`)
+meets all of these before its response starts: `sample_stream` awaits its first event first.
+
+Failures: a dead model replica is a JSON 503 with `Retry-After` (`_bounded`); Serve replaces it. The ingress runs
+two replicas by default: when one dies, the proxy's router, whose call to it fails before the request is accepted,
+retries on the other, so new requests never wait for the replacement. What Serve 2.60 does not let an application
+change: a request already accepted by an ingress replica that then dies gets the proxy's plain-text
+`500 Internal Server Error` without `Retry-After` (`ray/serve/_private/proxy.py`: HTTPProxy sends no response for
+a RayActorError, and `http_util.send_http_response_on_exception` writes bodies only for 408, 429 and 503, so uvicorn
+writes its default 500). Measured (4 clients, one replica killed): those in flight got it, nothing else did; with
+one ingress replica the next requests waited ~5-10 s for the replacement. Clients should retry that 500 like a 503;
+the proxy has no retry setting of its own.
 """
 
 # No `from __future__ import annotations` here: Serve's typed builder reads `build_app`'s annotation as a class.
@@ -33,13 +45,16 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from lipo.config import load_config
 from lipo.serving.config import ServeArgs, ServeConfig
+from lipo.serving.isolation import Budget, plain_error
 from lipo.serving.routes import install_error_handlers, router
 from lipo.serving.security import ApiError, Guard, check_bind, check_limits, key_digest, load_api_key
 
 
 async def _bounded(awaitable, cancel, timeout: float, limit: float) -> Any:
     """A model's answer (or a stream's next event) within `timeout` seconds: past it, `cancel()` and a 408 naming the
-    request's `limit`; Serve's overload errors and a dead replica (Serve replaces it) become OpenAI-style 503s."""
+    request's `limit` (the replica stops the work itself at the same deadline, which the call's `Budget` carries);
+    Serve's overload errors and a dead replica (Serve replaces it) become OpenAI-style 503s; a replica's error for
+    this request alone (`isolation.RequestError`: 422 naming a field, 408, 500) keeps its status."""
     try:
         return await asyncio.wait_for(awaitable, max(timeout, 0.0))
     except asyncio.TimeoutError:
@@ -49,6 +64,16 @@ async def _bounded(awaitable, cancel, timeout: float, limit: float) -> Any:
         raise ApiError(503, f"the server is at capacity, retry later ({type(exc).__name__})") from None
     except RayActorError:  # the replica died mid-request
         raise ApiError(503, "a model replica failed; retry the request") from None
+    except Exception as exc:
+        if (err := plain_error(exc)) is None:  # not a designed error: a bug, a bare 500
+            raise
+        raise err from None
+
+
+def _budget(limits) -> Budget:
+    """What a model call starting now may spend: its deadline (wall clock, the request timeout from now; the replica
+    stops its work there) and the /v1/logprobs token bound."""
+    return Budget(time.time() + limits.request_timeout_s, limits.max_logprob_tokens)
 
 
 @serve.deployment(name="LipoIngress")
@@ -69,8 +94,9 @@ class Ingress:
         """The ingress holds no model; the model deployments run their own check_health."""
 
     async def call(self, method, *args) -> Any:
-        """One model call, bounded by the request timeout; Serve's overload errors become OpenAI-style 503s."""
-        response = method.remote(*args)
+        """One model call, bounded by the request timeout; Serve's overload errors become OpenAI-style 503s. The
+        model method gets the call's `Budget` as `budget=`."""
+        response = method.remote(*args, budget=_budget(self.cfg.limits))
         limit = self.cfg.limits.request_timeout_s
         return await _bounded(asyncio.ensure_future(response), response.cancel, limit, limit)
 
@@ -93,7 +119,8 @@ class Ingress:
         seed = req.seed if req.seed is not None else secrets.randbits(31)
         return handle, {"prompts": prompts, "n": n, "seed": seed, "max_tokens": max_tokens,
                         "temperature": req.temperature, "top_p": req.top_p, "stop": req.stops(),
-                        "logprobs": req.top_k_logprobs()}
+                        "logprobs": req.top_k_logprobs(),
+                        "field": "messages" if req.endpoint == "chat" else "prompt"}  # named in the replica's errors
 
     async def sample(self, model: str, prompts: list, n: int, max_tokens: int, req) -> tuple[list[dict], int]:
         """(choices, prompt tokens) of `n` samples per prompt from policy `model`, with `req`'s sampling options
@@ -107,7 +134,7 @@ class Ingress:
         before the caller starts its response. Later events share the same deadline (`limits.request_timeout_s`
         for the whole answer); an error among them reaches the caller mid-stream."""
         handle, job = self._job(model, prompts, n, max_tokens, req)
-        gen = handle.options(stream=True).generate_stream.remote(job)
+        gen = handle.options(stream=True).generate_stream.remote(job, budget=_budget(self.cfg.limits))
         deadline = time.monotonic() + self.cfg.limits.request_timeout_s  # for the whole answer
         limit = self.cfg.limits.request_timeout_s
         first = await _bounded(gen.__anext__(), gen.cancel, limit, limit)
@@ -129,7 +156,9 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPI(title="lipo", docs_url=None, redoc_url=None, openapi_url=None)
-        app.add_middleware(Guard, key_digest=self.digest, max_request_bytes=self.cfg.limits.max_request_bytes)
+        limits = self.cfg.limits
+        app.add_middleware(Guard, key_digest=self.digest, max_request_bytes=limits.max_request_bytes,
+                           body_timeout_s=limits.body_timeout_s)
         install_error_handlers(app)
         app.include_router(router(self))
         return app
@@ -165,6 +194,6 @@ def serve_http() -> tuple[str | None, int | None]:
 def build_app(args: ServeArgs):
     """Serve's typed application builder: `import_path: lipo.serving.app:build_app`, `args: {config: ...}`."""
     cfg = load_config(ServeConfig, args.config, args.overrides, section=args.section)
-    key = load_api_key()
+    key = load_api_key(insecure=args.insecure)  # a short key is refused unless `insecure: true`
     check_bind(serve_http()[0], key is not None, args.insecure)
     return build(cfg, key_digest(key))

@@ -6,7 +6,7 @@ and the batch runs in a worker thread, so the replica's event loop keeps answeri
 
 Torch and transformers are imported inside the replicas only, so the ingress replica (and `lipo serve`'s driver)
 start without them. Sampling is `lipo.models.generate.sample_ids`, the seeded sampler build-lists uses: choice j
-of prompt i with request seed s uses the sample seed (s + i) * 1000 + j, so
+of prompt i with request seed s uses the row seed `sample_seed(s + i, j)` = (s + i) * 1000 + j, so
 `sample(model, tok, [prompt], n, [s + i], params)` reproduces the server's output, whichever other requests shared
 its batch (exactly on CPU in fp32; on a GPU the random draws are batch-free but kernels may round logits
 differently for another batch shape). Scores are `lipo.models.reward.classify` / `pairwise_matrices`, so /v1/score
@@ -31,6 +31,15 @@ different sampling params run as consecutive passes, so a stream in a later pass
 answers do); a stream whose client left is cancelled here, but its rows are in the batch's pass, which stops only
 once every stream of the batch has gone (`abandoned_passes` in `stats()`).
 
+Isolation and bounds (`lipo.serving.isolation`): each request is validated and encoded per request, where the
+tokenizer is, before it joins a batch (`PolicyModel._prepare`: text UTF-8, a prompt of at least one token, kept
+prompt + `max_tokens` within the model's context length, `n` and row seeds within the sampler's range; a 422 naming
+the field); a failure inside a batch stays with its request (the batch is re-run one request at a time, and each
+caller gets its own answer or error). Every call carries a `Budget` from the ingress: a request past its deadline is
+not started, its sampler rows end at the next step, `/v1/logprobs` stops between chunked forwards (408); and
+`/v1/logprobs` scores at most `limits.max_logprob_tokens` tokens (prompt + response, summed over responses; 422).
+Reward inputs keep their end within `max_tokens` (as before), so their work is bounded by truncation.
+
 `stats()` counts model calls (and `stream_steps`, sampler steps streamed); tests use it to show that rejected
 requests (401, 413, 422, 503) never reached a model.
 """
@@ -38,7 +47,6 @@ requests (401, 413, 422, 503) never reached a model.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 from collections import Counter
 from itertools import groupby
@@ -48,73 +56,27 @@ from ray import serve
 
 from lipo.data.tokenize import encode_prompt, encode_response
 from lipo.serving.config import PolicyConfig, RewardConfig
+from lipo.serving.isolation import UNBOUNDED, Budget, RequestError, check_text, expired, isolated, late_error, raised
 from lipo.serving.model_source import load_reward, resolve
+from lipo.serving.streaming import TextStream, token_bounds
 
-log = logging.getLogger("ray.serve")
+LOGPROB_CHUNK_TOKENS = 4096  # /v1/logprobs: padded tokens per forward, between deadline checks
+
+
+def _chunks(lengths: list[int], budget: int) -> list[tuple[int, int]]:
+    """Consecutive [lo, hi) groups whose padded size (count x longest) stays within `budget` tokens (a longer
+    single row is its own group): one group for a small request, so its forward is unchanged."""
+    out, lo = [], 0
+    for hi in range(1, len(lengths) + 1):
+        if hi - lo > 1 and (hi - lo) * max(lengths[lo:hi]) > budget:
+            out.append((lo, hi - 1))
+            lo = hi - 1
+    return out + [(lo, len(lengths))] if lengths else out
 
 
 def _job_rows(jobs: list[dict]) -> int:
     """Effective batch size: one row per sampled choice (n times the prompts of each request)."""
     return sum(len(j["prompts"]) * j["n"] for j in jobs)
-
-
-def token_bounds(tok, ids: list[int], text: str) -> list[int]:
-    """Where each returned token starts in `text`, plus len(text): token k produced text[b[k]:b[k + 1]].
-
-    A token that completes no character (the first bytes of a UTF-8 sequence, a skipped special token) gets an empty
-    span, and the token that completes the character gets all of it: a prefix whose decoding is not a prefix of the
-    full text (it ends in a partial character) does not move the start. When a stop sequence cut the text, only
-    the tokens that start before the cut are returned (and counted in `usage`).
-    """
-    prefixes = tok.batch_decode([ids[:k] for k in range(len(ids) + 1)], skip_special_tokens=True)
-    raw = prefixes[-1]
-    starts = [0]
-    for p in prefixes[1:]:
-        starts.append(len(p) if raw.startswith(p) and len(p) >= starts[-1] else starts[-1])
-    kept = len(ids) if text == raw else sum(1 for b in starts[:-1] if b < len(text))
-    return starts[:kept] + [len(text)]
-
-
-class TextStream:
-    """One choice's text as it grows, step by step: `push(id)` returns the new text that is safe to send now.
-
-    Held back: a trailing partial UTF-8 character (the decoded prefix ends in U+FFFD) and a tail that could begin a
-    stop sequence. Once a stop sequence appears the text is cut there, exactly as `truncate_at_stop` cuts the whole
-    text, and nothing more is sent; EOS ends it too. `rest(text)` is what remains to send of the final text (the
-    held-back tail), so the sent pieces always join to the non-streamed text. Each push decodes the whole prefix
-    (O(T) per token, O(T^2) per answer: small next to a forward for the answers Serve allows), because a
-    tokenizer's decode of a suffix alone can differ from the suffix of the decode (leading spaces, merges)."""
-
-    def __init__(self, tok, stop: tuple[str, ...]):
-        self.tok, self.stop, self.ids, self.sent, self.ended = tok, stop, [], "", False
-
-    def push(self, token: int) -> str:
-        from lipo.models.generate import truncate_at_stop  # imports torch: replica only
-
-        if self.ended:
-            return ""
-        if token == self.tok.eos_token_id:
-            self.ended = True
-            return ""
-        self.ids.append(token)
-        raw = self.tok.decode(self.ids, skip_special_tokens=True)
-        safe = truncate_at_stop(raw, self.stop)
-        if safe != raw:
-            self.ended = True
-        else:
-            safe = raw.rstrip("\ufffd")  # a partial character: wait for the token that completes it
-            hold = max((j for s in self.stop for j in range(1, len(s)) if safe.endswith(s[:j])), default=0)
-            safe = safe[:len(safe) - hold]
-        if not safe.startswith(self.sent) or len(safe) <= len(self.sent):
-            return ""  # nothing new (or a decode that rewrote earlier text: the final `rest` settles it)
-        new, self.sent = safe[len(self.sent):], safe
-        return new
-
-    def rest(self, text: str) -> str:
-        if not text.startswith(self.sent):  # a tokenizer whose prefix decodes are not prefixes of the whole decode
-            log.warning("lipo stream: sent text %r is not a prefix of the final text %r", self.sent, text)
-            return ""
-        return text[len(self.sent):]
 
 
 @serve.deployment(name="LipoPolicy")
@@ -148,58 +110,75 @@ class PolicyModel:
         if self.model is None or self.tok is None:
             raise RuntimeError(f"policy '{self.cfg.name}' has no model loaded")
 
-    async def generate(self, job: dict) -> dict:
+    async def generate(self, job: dict, budget: Budget = UNBOUNDED) -> dict:
         """job: prompts (text or chat messages), n, seed, max_tokens, temperature, top_p, stop, logprobs (None, or
-        how many most likely tokens to list per step).
+        how many most likely tokens to list per step), and optionally "field" (the request field of the prompts,
+        named in errors: "prompt" or "messages"). `budget` (from the ingress): the deadline the work stops at.
 
         Returns {"choices": [...] (prompt-major), "prompt_tokens"}; a choice is {"text", "finish_reason",
         "tokens" (returned tokens T), "bounds" ([T + 1] `token_bounds`), "logprobs" (when asked: "tokens" [T] text
-        of each token, "values" [T] log-probs, "top" [T][k] (token, log-prob) pairs)}.
+        of each token, "values" [T] log-probs, "top" [T][k] (token, log-prob) pairs)}. Raises `RequestError` (422
+        naming the field, 408 past the deadline) for this request only.
         """
-        return await self._generate(job)
+        job = await asyncio.to_thread(self._prepare, {**job, "deadline": budget.deadline})  # before the batch
+        return raised(await self._generate(job))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, batch_size_fn=_job_rows)
     async def _generate(self, jobs: list[dict]) -> list[dict]:
         return await asyncio.to_thread(self._sample_jobs, jobs)
 
-    async def generate_stream(self, job: dict):
+    async def generate_stream(self, job: dict, budget: Budget = UNBOUNDED):
         """`generate`, streamed (call it through `handle.options(stream=True)`): yields {"deltas": [[choice, text],
         ...]} as tokens are drawn (a step with nothing safe to send yields nothing), then once {"choices",
         "prompt_tokens"} as `generate` returns them, plus "rest" (per choice, the held-back text still to send; see
-        `TextStream`). Concurrent streams are batched like `generate`'s calls, in a separate batch queue."""
+        `TextStream`). Concurrent streams are batched like `generate`'s calls, in a separate batch queue. A request
+        error (422, 408) is raised before the first event when the request is invalid, else in place of an event."""
+        job = await asyncio.to_thread(self._prepare, {**job, "deadline": budget.deadline})  # before the batch
         try:
             async for event in self._generate_stream(job):
-                if event.get("deltas") or "choices" in event:
+                if isinstance(raised(event), dict) and (event.get("deltas") or "choices" in event):
                     yield event
         finally:  # also when Serve cancels this call (the client left): the batch's sampler reads the flag
             job["abandoned"] = True
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01, batch_size_fn=_job_rows)
     async def _generate_stream(self, jobs: list[dict]):
-        """Yields one event per job per sampler step (Serve's batched generator protocol), then the results. The
-        sampler runs in a worker thread; its per-step callback hands each step's text to this loop through a
-        queue. Once every stream of the batch has gone (its clients left), the sampler stops at the next step."""
+        """Yields one event per job per sampler step (Serve's batched generator protocol), then the results (a
+        job's own error in its place). The sampler runs in a worker thread; its per-step callback hands each step's
+        text to this loop through a queue. Once every stream of the pass has gone (its clients left), the sampler
+        stops at the next step. A failed pass is re-run one job at a time (`isolated`); the choices' `TextStream`s
+        keep what they sent, so a rerun sends only text beyond it."""
         loop, queue, end = asyncio.get_running_loop(), asyncio.Queue(), object()
-        rows, prompt_tokens = self._plan(jobs)
-        texts = [TextStream(self.tok, params.stop) for params, *_ in rows]
-        choice = [sum(1 for q in rows[:r] if q[1] == rows[r][1]) for r in range(len(rows))]  # index in its job
+        at = {id(job): ji for ji, job in enumerate(jobs)}
+        texts: dict[tuple[int, int], TextStream] = {}  # (job, choice) -> its text so far
 
-        def on_step(group: list[int], t: int, nxt) -> bool:  # in the sampler's thread; True: stop the pass
-            self.calls["stream_steps"] += 1
-            if all(job.get("abandoned") for job in jobs):  # every stream of the batch has gone: stop computing
-                self.calls["abandoned_passes"] += 1
-                return True
-            events = [{"deltas": []} for _ in jobs]
-            for r, token in zip(group, nxt.tolist()):  # [N] ids to the host: the one sync per streamed step
-                new = texts[r].push(token)
-                if new:
-                    events[rows[r][1]]["deltas"].append([choice[r], new])
-            loop.call_soon_threadsafe(queue.put_nowait, events)
-            return False
+        def run_pass(part: list[dict]) -> list:  # in the sampler's thread: one pass over some of the jobs
+            rows, prompt_tokens = self._plan(part)
+            where = [(at[id(part[q[1]])], sum(1 for o in rows[:r] if o[1] == q[1])) for r, q in enumerate(rows)]
+            for (ji, c), (params, *_) in zip(where, rows):
+                texts.setdefault((ji, c), TextStream(self.tok, params.stop)).restart()
 
-        def run() -> list[dict]:
+            def on_step(group: list[int], t: int, nxt) -> bool:  # True: stop the pass
+                self.calls["stream_steps"] += 1
+                if all(job.get("abandoned") for job in part):  # every stream of the pass has gone: stop computing
+                    self.calls["abandoned_passes"] += 1
+                    return True
+                events = [{"deltas": []} for _ in jobs]
+                for r, token in zip(group, nxt.tolist()):  # [N] ids to the host: the one sync per streamed step
+                    if new := texts[where[r]].push(token):
+                        events[where[r][0]]["deltas"].append([where[r][1], new])
+                loop.call_soon_threadsafe(queue.put_nowait, events)
+                return False
+
+            return self._sample_rows(part, rows, prompt_tokens, on_step)
+
+        def prepare_in_place(job: dict) -> dict:  # the batch's own dicts: `generate_stream` flags them when abandoned
+            job.update(self._prepare(job))
+            return job
+
+        def run() -> list:
             try:
-                return self._sample_rows(jobs, rows, prompt_tokens, on_step)
+                return isolated(run_pass, jobs, [job.get("deadline") for job in jobs], prepare_in_place)
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, end)
 
@@ -207,31 +186,65 @@ class PolicyModel:
         while (events := await queue.get()) is not end:
             yield events
         outs = await task
-        for r, (_, ji, *_) in enumerate(rows):
-            outs[ji].setdefault("rest", []).append(texts[r].rest(outs[ji]["choices"][choice[r]]["text"]))
+        for ji, out in enumerate(outs):
+            if isinstance(out, dict):
+                out["rest"] = [texts[ji, c].rest(choice["text"]) for c, choice in enumerate(out["choices"])]
         yield outs
 
+    def _prepare(self, job: dict) -> dict:
+        """The job, checked completely and encoded where the tokenizer is, before it may join a batch: `ids` (each
+        prompt's kept ids: its end, within `max_prompt_tokens`) added. Raises `RequestError` (422 naming the field)
+        for text no tokenizer takes, a prompt of no tokens, a kept prompt + max_tokens past the model's context
+        length, an `n` or seed past the sampler's row seeds (`sample_seed`)."""
+        from lipo.models.generate import SEED_MAX, SEED_MIN, SEEDS_PER_PROMPT, context_length, sample_seed
+
+        if "ids" in job:
+            return job
+        field, prompts, n, seed = job.get("field", "prompt"), job["prompts"], job["n"], job["seed"]
+        check_text(list(job["stop"]), "stop")
+        if not 1 <= n <= SEEDS_PER_PROMPT:
+            raise RequestError(422, f"n: must be 1..{SEEDS_PER_PROMPT} (choices per prompt), got {n}", "n")
+        if not (SEED_MIN <= sample_seed(seed, 0) and sample_seed(seed + len(prompts) - 1, n - 1) <= SEED_MAX):
+            raise RequestError(422, f"seed: {seed} puts the sampler's row seeds past int64", "seed")
+        ids, ctx = [], context_length(self.model)
+        for i, prompt in enumerate(prompts):
+            name = f"{field}.{i}" if len(prompts) > 1 else field
+            check_text(prompt, name)
+            kept = encode_prompt(prompt, self.tok)[-self.cfg.max_prompt_tokens:]
+            if not kept:
+                raise RequestError(422, f"{name}: encodes to no tokens", name)
+            if ctx is not None and len(kept) + job["max_tokens"] > ctx:
+                raise RequestError(422, f"max_tokens: {name} keeps {len(kept)} tokens (its end, within "
+                                        f"max_prompt_tokens {self.cfg.max_prompt_tokens}); with max_tokens "
+                                        f"{job['max_tokens']} that exceeds the model's context length {ctx}",
+                                   "max_tokens")
+            ids.append(kept)
+        return {**job, "ids": ids}
+
     def _plan(self, jobs: list[dict]) -> tuple[list[tuple], list[int]]:
-        """One row per choice, (params, job index, prompt ids, seed), prompt-major; and each job's prompt tokens."""
-        from lipo.models.generate import SamplingParams  # imports torch: replica only
+        """One row per choice, (params, job index, prompt ids, row seed), prompt-major; and each job's prompt
+        tokens. Jobs not yet `_prepare`d (direct calls) are prepared here."""
+        from lipo.models.generate import SamplingParams, sample_seed  # imports torch: replica only
 
         rows = []
         prompt_tokens = [0] * len(jobs)
-        for ji, job in enumerate(jobs):
+        for ji, job in enumerate(self._prepare(job) for job in jobs):
             params = SamplingParams(temperature=job["temperature"], top_p=job["top_p"],
                                     max_new_tokens=job["max_tokens"], stop=tuple(job["stop"]))
-            for i, prompt in enumerate(job["prompts"]):
-                ids = encode_prompt(prompt, self.tok)[-self.cfg.max_prompt_tokens:]
+            for i, ids in enumerate(job["ids"]):
                 prompt_tokens[ji] += len(ids)
-                rows += [(params, ji, ids, (job["seed"] + i) * 1000 + j) for j in range(job["n"])]
+                rows += [(params, ji, ids, sample_seed(job["seed"] + i, j)) for j in range(job["n"])]
         return rows, prompt_tokens
 
-    def _sample_jobs(self, jobs: list[dict]) -> list[dict]:
-        return self._sample_rows(jobs, *self._plan(jobs))
+    def _sample_jobs(self, jobs: list[dict]) -> list:
+        """Each job's answer, or its own error (see `isolated`): a bad job never fails the others."""
+        return isolated(lambda part: self._sample_rows(part, *self._plan(part)), jobs,
+                        [job.get("deadline") for job in jobs], self._prepare)
 
-    def _sample_rows(self, jobs: list[dict], rows: list[tuple], prompt_tokens: list[int], on_step=None) -> list[dict]:
+    def _sample_rows(self, jobs: list[dict], rows: list[tuple], prompt_tokens: list[int], on_step=None) -> list:
         """Sample the planned rows, one sampler call per distinct sampling params; `on_step(group, t, nxt)`
-        (optional) sees each step's ids of the rows `group`."""
+        (optional) sees each step's ids of the rows `group`. Rows end at their job's deadline; a job past it gets
+        `late_error()` instead of its (cut) answer."""
         from lipo.models.generate import sample_ids, truncate_at_stop  # imports torch: replica only
 
         self.calls["generate_requests"] += len(jobs)
@@ -243,8 +256,11 @@ class PolicyModel:
             self.calls["forward_batches"] += 1
             step = None if on_step is None else (lambda t, nxt, group=group: on_step(group, t, nxt))
             out = sample_ids(self.model, [rows[r][2] for r in group], [rows[r][3] for r in group], params,
-                             self.tok.pad_token_id, self.tok.eos_token_id, on_step=step)
+                             self.tok.pad_token_id, self.tok.eos_token_id, on_step=step,
+                             deadlines=[jobs[rows[r][1]].get("deadline") for r in group])
             for r, ids in zip(group, out):
+                if expired(jobs[rows[r][1]].get("deadline")):
+                    continue  # the row was cut at the deadline: its job gets a 408 below
                 raw = self.tok.decode(ids, skip_special_tokens=True)
                 text = truncate_at_stop(raw, params.stop)
                 done = len(ids) < params.max_new_tokens or text != raw  # EOS or a stop sequence
@@ -254,7 +270,8 @@ class PolicyModel:
                 top = jobs[rows[r][1]].get("logprobs")
                 if top is not None:
                     results[r]["logprobs"] = self._token_logprobs(rows[r][2], ids[:len(bounds) - 1], top)
-        return [{"choices": [results[r] for r in range(len(rows)) if rows[r][1] == ji],
+        return [late_error() if expired(jobs[ji].get("deadline")) else
+                {"choices": [results[r] for r in range(len(rows)) if rows[r][1] == ji],
                  "prompt_tokens": prompt_tokens[ji]} for ji in range(len(jobs))]
 
     def _token_logprobs(self, prompt_ids: list[int], ids: list[int], top: int) -> dict:
@@ -276,25 +293,44 @@ class PolicyModel:
         return {"tokens": [self.tok.decode([i]) for i in ids], "values": values.tolist(),
                 "top": [[[n, v] for n, v in zip(ns, vs)] for ns, vs in zip(names, best.values.tolist())]}
 
-    async def logprobs(self, job: dict) -> dict:
-        """job: prompt, responses -> {"logprobs": [summed log p(response + EOS | prompt)], "tokens": [counts]}."""
-        return await asyncio.to_thread(self._logprobs, job)
+    async def logprobs(self, job: dict, budget: Budget = UNBOUNDED) -> dict:
+        """job: prompt, responses -> {"logprobs": [summed log p(response + EOS | prompt)], "tokens": [counts]}.
+        Per request (not batched): its errors are its own. 422 past the model's context length or
+        `budget.max_logprob_tokens`; 408 at `budget.deadline`, checked between forwards."""
+        return await asyncio.to_thread(self._logprobs, job, budget)
 
-    def _logprobs(self, job: dict) -> dict:
+    def _logprobs(self, job: dict, budget: Budget = UNBOUNDED) -> dict:
         import torch  # replica only, like every torch-loading import in this module
 
         from lipo.data.collate import collate_lists
+        from lipo.models.generate import context_length
         from lipo.models.logps import sequence_logps
 
         self.calls["logprobs_requests"] += 1
+        check_text(job["prompt"], "prompt")
+        check_text(job["responses"], "responses")
+        prompt = encode_prompt(job["prompt"], self.tok)[-self.cfg.max_prompt_tokens:]
         resp = [encode_response(r, self.tok) for r in job["responses"]]
-        item = {"prompt_ids": encode_prompt(job["prompt"], self.tok)[-self.cfg.max_prompt_tokens:],
-                "response_ids": resp, "labels": [0.0] * len(resp)}
-        batch = collate_lists([item], pad_id=self.tok.pad_token_id)
+        lengths = [len(prompt) + len(r) for r in resp]  # [K] tokens each forward row holds
+        ctx, cap = context_length(self.model), budget.max_logprob_tokens
+        if ctx is not None and max(lengths) > ctx:
+            k = lengths.index(max(lengths))
+            raise RequestError(422, f"responses.{k}: prompt + response are {lengths[k]} tokens, past the model's "
+                                    f"context length {ctx}", f"responses.{k}")
+        if cap is not None and sum(lengths) > cap:
+            raise RequestError(422, f"responses: prompt + response tokens summed over the responses are "
+                                    f"{sum(lengths)}, past limits.max_logprob_tokens ({cap})", "responses")
         device = next(self.model.parameters()).device
-        with torch.no_grad():
-            logps = sequence_logps(self.model, {k: v.to(device) for k, v in batch.items()})[0]  # [K]
-        return {"logprobs": [float(x) for x in logps.cpu()], "tokens": [len(r) for r in resp]}
+        logps: list[float] = []
+        for lo, hi in _chunks(lengths, LOGPROB_CHUNK_TOKENS):  # a long request checks its deadline between forwards
+            if expired(budget.deadline):
+                raise late_error()
+            item = {"prompt_ids": prompt, "response_ids": resp[lo:hi], "labels": [0.0] * (hi - lo)}
+            batch = collate_lists([item], pad_id=self.tok.pad_token_id)
+            with torch.no_grad():
+                part = sequence_logps(self.model, {k: v.to(device) for k, v in batch.items()})[0]  # [hi - lo]
+            logps += [float(x) for x in part.cpu()]
+        return {"logprobs": logps, "tokens": [len(r) for r in resp]}
 
 
 @serve.deployment(name="LipoReward")
@@ -327,19 +363,26 @@ class RewardModel:
         if self.model is None or self.tok is None:
             raise RuntimeError(f"reward model '{self.cfg.name}' is not loaded")
 
-    async def score(self, prompt: Any, responses: list[str]) -> list[float]:
-        return await self._judge(("score", prompt, responses))
+    async def score(self, prompt: Any, responses: list[str], budget: Budget = UNBOUNDED) -> list[float]:
+        check_text(prompt, "prompt")  # checked before the batch: text no tokenizer takes fails only this request
+        check_text(responses, "responses")
+        return raised(await self._judge(("score", prompt, responses, budget.deadline)))
 
-    async def compare(self, prompt: Any, first: str, second: str) -> float:
-        return await self._judge(("compare", prompt, [first, second]))
+    async def compare(self, prompt: Any, first: str, second: str, budget: Budget = UNBOUNDED) -> float:
+        for name, text in (("prompt", prompt), ("first", first), ("second", second)):
+            check_text(text, name)
+        return raised(await self._judge(("compare", prompt, [first, second], budget.deadline)))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _judge(self, jobs: list[tuple]) -> list:
-        return await asyncio.to_thread(self._run, jobs)
+        """Each job's result or its own error (`isolated`); a job past its deadline is not scored (408)."""
+        return await asyncio.to_thread(isolated, self._run, jobs, [j[3] if len(j) > 3 else None for j in jobs])
 
     def _run(self, jobs: list[tuple]) -> list:
+        """jobs: (what, prompt, responses[, deadline]); "score" -> rewards, "compare" -> P(first beats second)."""
         from lipo.models import reward as rw  # imports torch: replica only
 
+        jobs = [j[:3] for j in jobs]
         self.calls["judge_requests"] += len(jobs)
         self.calls["forward_batches"] += 1
         if self.cfg.kind == "pointwise":  # every text of every request in one classify call

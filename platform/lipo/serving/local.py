@@ -8,6 +8,10 @@
 
 `start_local` checks the bind (no open, unauthenticated server) and the model sources before Ray starts, so a bad
 config fails in a second with one line. If Serve is already running it joins it and keeps its HTTP options.
+
+The key: `serve` reads it (a key shorter than 16 characters is refused unless `insecure`), `start_local` checks the
+same for keys given by other callers, and replicas get only its salted slow hash (`lipo.serving.security`). Ray,
+when `ensure_ray` starts it here, gets an environment without $LIPO_API_KEY*, so no worker holds the key.
 """
 
 from __future__ import annotations
@@ -23,13 +27,13 @@ from lipo.runtime import ensure_ray
 from lipo.serving.app import build, serve_http
 from lipo.serving.config import ServeConfig
 from lipo.serving.model_source import check_source
-from lipo.serving.security import KEY_ENV, KEY_FILE_ENV, check_bind, key_digest, load_api_key
+from lipo.serving.security import KEY_ENV, KEY_FILE_ENV, check_bind, check_key_strength, key_digest, load_api_key
 
 
 def serve(cfg: ServeConfig, insecure: bool = False, block: bool = True) -> str:
     """Serve `cfg` with the key from $LIPO_API_KEY / $LIPO_API_KEY_FILE; return its base URL, or with `block`
     wait until Ctrl-C, then stop Serve."""
-    key = load_api_key()  # a bad key file fails here, before Ray starts
+    key = load_api_key(insecure=insecure)  # a bad or short key fails here, before Ray starts
     url = start_local(cfg, key, insecure=insecure)
     names = ", ".join([*cfg.policies(), *([cfg.reward.name] if cfg.reward else [])])
     auth = f"bearer key from ${KEY_ENV if KEY_ENV in os.environ else KEY_FILE_ENV}" if key else "none"
@@ -50,6 +54,8 @@ def start_local(cfg: ServeConfig, api_key: str | None, insecure: bool = False, l
     `log_level="WARNING"` silences the per-request access logs (the evaluation's own server uses it).
     """
     check_bind(cfg.http.host, api_key is not None, insecure)
+    if api_key is not None and not insecure:  # (under --insecure, `load_api_key` has warned already)
+        check_key_strength(api_key, "the API key", insecure=False)
     for key, slot in (("policy", cfg.policy), ("baseline", cfg.baseline), ("reward", cfg.reward)):
         if slot is not None:
             check_source(slot.model, f"{key}.model", reward=key == "reward")

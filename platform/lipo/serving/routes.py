@@ -8,11 +8,18 @@ Used by `Ingress.__serve_build_asgi_app__` (one FastAPI app per ingress replica;
 models only through `Ingress.call` (408 past the request timeout, 503 when a deployment is at capacity). Bodies and
 SSE streams (`stream: true`) are rendered by `lipo.serving.streaming`; a stream's response starts only after the
 policy's first event, so it meets every check and error above exactly as a whole answer does.
+
+`GET /healthz` (open, no key) answers from `HealthCache`: the model deployments' replica states as Serve's
+controller reports them (`serve.status()`: a model is ready when it has a RUNNING replica, which the controller
+health-checks itself), fetched at most once per `HEALTH_TTL_S` per ingress replica by one task that concurrent
+probes share. A probe never calls a model, so a flood of them costs the models nothing and takes no model slot.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the routes' annotations as real classes.
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -26,6 +33,9 @@ from lipo.serving.streaming import (chat_body, chat_chunks, completion_body, com
                                     sse_response)
 
 log = logging.getLogger("ray.serve")
+HEALTH_TTL_S = 1.0  # /healthz answers are at most this old; one controller query per ingress replica per period
+HEALTH_TIMEOUT_S = 5.0  # a controller that does not answer within this is "unavailable" (and cached as such)
+DEPLOYMENTS = {"policy": "LipoPolicy", "baseline": "LipoBaseline", "reward": "LipoReward"}  # slot -> Serve name
 
 
 def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
@@ -80,24 +90,63 @@ def _prompt(p: Any) -> Any:
                                           "content": m.content} for m in p]
 
 
+async def serve_replica_states(deployments: list[str]) -> dict[str, int]:
+    """RUNNING replicas of each named deployment of this replica's application, from Serve's controller."""
+    from ray import serve
+
+    app = serve.get_replica_context().app_name
+    status = await asyncio.to_thread(serve.status)  # a blocking call to the controller: off the event loop
+    found = status.applications[app].deployments
+    return {d: found[d].replica_states.get("RUNNING", 0) if d in found else 0 for d in deployments}
+
+
+class HealthCache:
+    """The /healthz answer, refreshed at most every `ttl` seconds by one shared task.
+
+    `fetch(deployments)` -> RUNNING replicas per deployment (`serve_replica_states`; tests pass their own).
+    """
+
+    def __init__(self, models: dict[str, str], fetch: Callable[[list[str]], Awaitable[dict[str, int]]],
+                 ttl: float = HEALTH_TTL_S):
+        self.models, self.fetch, self.ttl = models, fetch, ttl  # models: OpenAI model name -> deployment name
+        self.fetches = 0
+        self._answer: tuple[float, int, dict] | None = None  # (monotonic time, status code, body)
+        self._refresh: asyncio.Task | None = None
+
+    async def get(self) -> tuple[int, dict]:
+        if self._answer is not None and time.monotonic() - self._answer[0] < self.ttl:
+            return self._answer[1:]
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.ensure_future(self._fetch())
+        return await asyncio.shield(self._refresh)  # one probe going away does not cancel the others' answer
+
+    async def _fetch(self) -> tuple[int, dict]:
+        self.fetches += 1
+        try:
+            running = await asyncio.wait_for(self.fetch(list(self.models.values())), HEALTH_TIMEOUT_S)
+        except Exception as exc:  # the controller unreachable: not ready, cached like any answer
+            code, body = 503, {"status": "unavailable", "error": type(exc).__name__}
+        else:
+            ready = {name: running.get(d, 0) > 0 for name, d in self.models.items()}
+            ok = all(ready.values())
+            code, body = (200 if ok else 503), {"status": "ok" if ok else "loading", "models": ready}
+        self._answer = (time.monotonic(), code, body)
+        return code, body
+
+
 class _Routes:
     """The route functions, bound to one ingress replica's state (config, model handles, start time)."""
 
-    def __init__(self, ingress):
+    def __init__(self, ingress, health_fetch=serve_replica_states):
         self.ing = ingress
         self.limits = ingress.cfg.limits
         self.reward_cfg = ingress.cfg.reward
+        slots = [(k, getattr(ingress.cfg, k)) for k in DEPLOYMENTS]
+        self.health = HealthCache({s.name: DEPLOYMENTS[k] for k, s in slots if s is not None}, health_fetch)
 
     async def healthz(self) -> JSONResponse:
-        ing = self.ing
-        handles = {**ing.policies, **({self.reward_cfg.name: ing.reward} if ing.reward else {})}
-        try:
-            infos = await asyncio.wait_for(asyncio.gather(*(h.info.remote() for h in handles.values())), 10)
-        except Exception as exc:  # any failure to reach a model is "not ready"
-            return JSONResponse({"status": "unavailable", "error": type(exc).__name__}, status_code=503)
-        loaded = {name: bool(i["loaded"]) for name, i in zip(handles, infos)}
-        ok = all(loaded.values())
-        return JSONResponse({"status": "ok" if ok else "loading", "models": loaded}, status_code=200 if ok else 503)
+        code, body = await self.health.get()
+        return JSONResponse(body, status_code=code, headers={"Retry-After": "1"} if code == 503 else None)
 
     async def models(self) -> S.ModelList:
         cards = [S.ModelCard(id=name, created=self.ing.created, role="policy") for name in self.ing.policies]
@@ -148,9 +197,9 @@ class _Routes:
         return S.LogprobsResponse(model=req.model, logprobs=out["logprobs"], tokens=out["tokens"])
 
 
-def router(ingress) -> APIRouter:
-    """The seven routes of one ingress replica."""
-    r, api = _Routes(ingress), APIRouter()
+def router(ingress, health_fetch=serve_replica_states) -> APIRouter:
+    """The seven routes of one ingress replica (`health_fetch`: see `HealthCache`)."""
+    r, api = _Routes(ingress, health_fetch), APIRouter()
     api.add_api_route("/healthz", r.healthz, methods=["GET"])
     api.add_api_route("/v1/models", r.models, methods=["GET"], response_model=S.ModelList)
     api.add_api_route("/v1/completions", r.completions, methods=["POST"], response_model=S.Completion)

@@ -19,8 +19,14 @@ be a typo or another server's extension (vLLM's `top_k`, `repetition_penalty`), 
 ignoring it would change the answer.
 
 lipo's own endpoints forbid unknown fields outright. Server-side bounds (max n, max tokens, ...) come from the config
-and are checked in `lipo.serving.security`. Errors use OpenAI's body, `{"error": {"message", "type", "param",
-"code"}}`, so the `openai` client shows them.
+and are checked in `lipo.serving.security`.
+
+Request isolation (issue 16): every string anywhere in a body (keys and ignored fields too) must be UTF-8 (JSON's
+`\\ud800` escape carries a lone surrogate, which no tokenizer takes), else a 422 naming its path
+(`messages.0.content`); `seed` is 0..2^53 (`MAX_SEED`). Bounds only the tokenizer and model know are checked by the
+replica per request, before batching (`lipo.serving.deployments`), also as 422s naming the field.
+
+Errors use OpenAI's body, `{"error": {"message", "type", "param", "code"}}`, so the `openai` client shows them.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ from typing import Any, Callable, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-# Sample seeds are (seed + i) * 1000 + j in int64 on the device: seeds up to 2^53 keep that in range (2^63 / 1000 is
-# about 2^53.03), and a larger one is a clear 422 instead of an overflow inside the replica.
+# Row seeds are (seed + i) * 1000 + j in int64 (`lipo.models.generate.sample_seed`): 2^53 (JavaScript's safe integers,
+# so any JSON client sends it exactly) keeps them in range for i < 2^47; the replica checks them again.
 MAX_SEED = 2**53
 MAX_STOPS = 4
 
@@ -44,6 +50,46 @@ class _Request(BaseModel):
 def refusal(field: str, message: str) -> PydanticCustomError:
     """A validation error with this message (which names `field`); the 422 handler makes `field` its `param`."""
     return PydanticCustomError("refused_field", "{message}", {"message": message, "field": field})
+
+
+def _safe(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def not_utf8(value: Any) -> tuple[str, str] | None:
+    """(dotted path, problem) of the first string in a JSON value (keys too) that UTF-8 cannot encode, or None."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return path or "body", f"a lone surrogate U+{ord(v[exc.start]):04X} at character {exc.start}"
+        elif isinstance(v, dict):
+            for k, item in reversed(list(v.items())):
+                sub = f"{path}.{_safe(str(k))}" if path else _safe(str(k))
+                stack += [(sub, item), (sub, k)]  # the key first (popped first), then its value
+        elif isinstance(v, list):
+            stack += [(f"{path}.{i}" if path else str(i), item) for i, item in reversed(list(enumerate(v)))]
+    return None
+
+
+class _Body(_Request):
+    """A whole request body: a string anywhere in it that is not UTF-8 is a 422 naming its path, before any other
+    check (error messages must not echo it either: the JSON answer is UTF-8)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _utf8(cls, data: Any) -> Any:
+        return check_utf8(data)
+
+
+def check_utf8(data: Any) -> Any:
+    bad = not_utf8(data)
+    if bad is not None:
+        raise refusal(bad[0], f"{bad[0]}: text is not valid UTF-8 ({bad[1]})")
+    return data
 
 
 # --------------------------------------------------------------------------------------------- the field table
@@ -145,9 +191,11 @@ class _OpenAIRequest(_Request):
     @classmethod
     def _classify_fields(cls, data: Any) -> Any:
         """Drop ignored fields, null unknown ones and neutral values of refused ones; 422 on the rest of the
-        refused fields. Other unknown fields stay, so `extra="forbid"` names them."""
+        refused fields. Other unknown fields stay, so `extra="forbid"` names them. First, as for every body
+        (`_Body`): every string in it, ignored fields included, must be UTF-8."""
         if not isinstance(data, dict):
             return data
+        check_utf8(data)
         kept, refused = {}, []
         for name, value in data.items():
             rule = OPENAI_FIELDS.get(name)
@@ -237,20 +285,20 @@ class ChatCompletionRequest(_Sampling):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
-class ScoreRequest(_Request):
+class ScoreRequest(_Body):
     model: str | None = None
     prompt: Prompt
     responses: list[str] = Field(min_length=1)
 
 
-class CompareRequest(_Request):
+class CompareRequest(_Body):
     model: str | None = None
     prompt: Prompt
     first: str
     second: str
 
 
-class LogprobsRequest(_Request):
+class LogprobsRequest(_Body):
     model: str
     prompt: Prompt
     responses: list[str] = Field(min_length=1)

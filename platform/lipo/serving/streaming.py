@@ -31,6 +31,9 @@ raises `APIError` from it instead of seeing a broken connection. A client that d
 the policy; the sampler pass stops at its next step once every stream sharing it has gone.
 
 Log-probs are the raw model's (before temperature and top-p), from `PolicyModel._token_logprobs`.
+
+The replica side lives here too: `token_bounds` (each token's span of a choice's text) and `TextStream` (one
+choice's text as it grows, what `PolicyModel.generate_stream` sends step by step).
 """
 
 from __future__ import annotations
@@ -47,6 +50,70 @@ from lipo.serving import schemas as S
 from lipo.serving.security import ApiError
 
 log = logging.getLogger("ray.serve")
+
+
+def token_bounds(tok, ids: list[int], text: str) -> list[int]:
+    """Where each returned token starts in `text`, plus len(text): token k produced text[b[k]:b[k + 1]].
+
+    A token that completes no character (the first bytes of a UTF-8 sequence, a skipped special token) gets an empty
+    span, and the token that completes the character gets all of it: a prefix whose decoding is not a prefix of the
+    full text (it ends in a partial character) does not move the start. When a stop sequence cut the text, only
+    the tokens that start before the cut are returned (and counted in `usage`).
+    """
+    prefixes = tok.batch_decode([ids[:k] for k in range(len(ids) + 1)], skip_special_tokens=True)
+    raw = prefixes[-1]
+    starts = [0]
+    for p in prefixes[1:]:
+        starts.append(len(p) if raw.startswith(p) and len(p) >= starts[-1] else starts[-1])
+    kept = len(ids) if text == raw else sum(1 for b in starts[:-1] if b < len(text))
+    return starts[:kept] + [len(text)]
+
+
+class TextStream:
+    """One choice's text as it grows, step by step: `push(id)` returns the new text that is safe to send now.
+
+    Held back: a trailing partial UTF-8 character (the decoded prefix ends in U+FFFD) and a tail that could begin a
+    stop sequence. Once a stop sequence appears the text is cut there, exactly as `truncate_at_stop` cuts the whole
+    text, and nothing more is sent; EOS ends it too. `rest(text)` is what remains to send of the final text (the
+    held-back tail), so the sent pieces always join to the non-streamed text. Each push decodes the whole prefix
+    (O(T) per token, O(T^2) per answer: small next to a forward for the answers Serve allows), because a
+    tokenizer's decode of a suffix alone can differ from the suffix of the decode (leading spaces, merges)."""
+
+    def __init__(self, tok, stop: tuple[str, ...]):
+        self.tok, self.stop, self.ids, self.sent, self.ended = tok, stop, [], "", False
+
+    def push(self, token: int) -> str:
+        from lipo.models.generate import truncate_at_stop  # imports torch: replica only
+
+        if self.ended:
+            return ""
+        if token == self.tok.eos_token_id:
+            self.ended = True
+            return ""
+        self.ids.append(token)
+        raw = self.tok.decode(self.ids, skip_special_tokens=True)
+        safe = truncate_at_stop(raw, self.stop)
+        if safe != raw:
+            self.ended = True
+        else:
+            safe = raw.rstrip("\ufffd")  # a partial character: wait for the token that completes it
+            hold = max((j for s in self.stop for j in range(1, len(s)) if safe.endswith(s[:j])), default=0)
+            safe = safe[:len(safe) - hold]
+        if not safe.startswith(self.sent) or len(safe) <= len(self.sent):
+            return ""  # nothing new (or a decode that rewrote earlier text: the final `rest` settles it)
+        new, self.sent = safe[len(self.sent):], safe
+        return new
+
+    def restart(self) -> None:
+        """For a rerun of the same choice (a failed batch, re-run alone): its ids start again, while the text
+        already sent stays sent (push returns only text beyond it)."""
+        self.ids, self.ended = [], False
+
+    def rest(self, text: str) -> str:
+        if not text.startswith(self.sent):  # a tokenizer whose prefix decodes are not prefixes of the whole decode
+            log.warning("lipo stream: sent text %r is not a prefix of the final text %r", self.sent, text)
+            return ""
+        return text[len(self.sent):]
 
 
 def usage(prompt_tokens: int, choices: list[dict]) -> S.Usage:

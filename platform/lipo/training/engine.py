@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from lipo import storage
-from lipo.training import memory
+from lipo.training import checkpoints, memory
 from lipo.training.config import StageConfig, TrainConfig
 
 # _deepspeed_note: DeepSpeed is imported inside the functions that use it. The Ray Train controller unpickles
@@ -127,13 +127,16 @@ def build_reference(model: torch.nn.Module, cfg: TrainConfig, world: int):
     return engine
 
 
-def save_checkpoint(engine, directory: Path, step: int, rank: int) -> None:
-    """All ranks write their DeepSpeed shards (and own RNG state) into `directory`."""
+def save_checkpoint(engine, directory: Path, step: int, rank: int, world: int) -> None:
+    """All ranks write their DeepSpeed shards (and own RNG state) into `directory`, each its marker last: the
+    folder they make up is complete once every rank's marker and the files it lists are there
+    (`lipo.training.checkpoints`)."""
     engine.save_checkpoint(str(directory), tag="state", client_state={"step": step})
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     torch.save(rng, directory / f"rng_rank{rank}.pt")
+    checkpoints.write_marker(directory, step, rank, world)
 
 
 def load_checkpoint(engine, directory: Path, rank: int) -> int:
@@ -193,11 +196,10 @@ def host_model(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch
     return model.merge_and_unload() if lora else model
 
 
-def fault_hook(fault: dict | None, step: int, rank: int) -> None:
-    """Test hook: kill this worker process once at `step` (the marker file makes it fire only once)."""
-    if not fault or fault.get("step") != step or fault.get("rank", 1) != rank:
-        return
-    marker = Path(fault["marker"])
-    if not marker.exists():
-        marker.write_text(str(step))
-        os._exit(1)
+def fault_hook(fault: dict | list[dict] | None, step: int, rank: int) -> None:
+    """Test hook: kill this worker process once at `step` (the marker file makes it fire only once); a list of
+    faults fires each once."""
+    for f in fault if isinstance(fault, list) else [fault] if fault else []:
+        if f.get("step") == step and f.get("rank", 1) == rank and not Path(f["marker"]).exists():
+            Path(f["marker"]).write_text(str(step))
+            os._exit(1)

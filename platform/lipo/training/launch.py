@@ -8,6 +8,13 @@ MLflow run, fit with Ray Train's `TorchTrainer` (each worker runs `lipo.training
 object), evaluate the exported model with the task, log the model (`lipo.mlflow_models`: MLflow's transformers
 flavour) and the input data as an MLflow dataset. A failed fit marks the run FAILED.
 
+Resume: rerunning with the same `run_name` and `output_dir` continues the run. Before the fit, the run's checkpoint
+folders are pruned to `checkpoint.keep` (incomplete ones removed, each named) and Ray Train's record of them is
+dropped; the workers resume from the newest complete checkpoint on disk (`lipo.training.checkpoints`). The MLflow
+run is the same one (its identity is run name, stage and output_dir, `lipo.tracking`), and its metric history goes on
+from the restored step: points at steps it already holds are skipped, and every step up to a checkpoint was logged
+before the checkpoint was written (`lipo.training.progress`), so nothing is logged twice and nothing is missing.
+
 Errors: a user's mistake found inside a worker (a `LipoError`) and a worker process that died are one-line
 `LipoError`s (the second says how to resume); anything else is a bug in lipo and keeps its traceback.
 """
@@ -21,9 +28,10 @@ from ray.exceptions import RayActorError
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from lipo import mlflow_models, tracking
+from lipo import mlflow_models, storage, tracking
 from lipo.errors import LipoError
 from lipo.runtime import check_shared_storage, ensure_ray
+from lipo.training import checkpoints as ckpts
 from lipo.training.loop import train_loop
 from lipo.training.prepare import Prepared, prepare
 from lipo.training.progress import ProgressSink, follow
@@ -39,8 +47,9 @@ class TrainResult:
     metrics: dict
 
 
-def launch(task: Task, parent_run_id: str | None = None, fault: dict | None = None) -> TrainResult:
-    """Train `task.cfg` with `task`; `fault` is a test hook that kills a worker once (`engine.fault_hook`)."""
+def launch(task: Task, parent_run_id: str | None = None, fault: dict | list[dict] | None = None) -> TrainResult:
+    """Train `task.cfg` with `task`; `fault` is a test hook that kills a worker once, or once per item of a list
+    (`engine.fault_hook`)."""
     cfg = task.cfg
     prep = prepare(task)  # the data's mistakes surface here
     print(f"[lipo] {task.stage} data: {prep.summary}", flush=True)
@@ -48,16 +57,19 @@ def launch(task: Task, parent_run_id: str | None = None, fault: dict | None = No
     check_shared_storage(cfg.output_dir)  # multi-node runs need checkpoints on shared storage: before any MLflow run
     resolved = cfg.model_copy(update={"run_name": prep.run_name}).model_dump(mode="json")
     uri = tracking.resolve_uri(cfg.tracking.uri, cfg.output_dir)
+    run_dir = storage.join(prep.output_dir, prep.run_name)  # Ray Train's run directory: the checkpoints
+    tidy_checkpoints(run_dir, cfg.checkpoint.keep)
+    # A rerun into the same output_dir reattaches to its MLflow run; resume=True skips the points it already holds
     with tracking.stage_run(uri, cfg.tracking.experiment, prep.run_name, task.stage, parent_run_id,
-                            config=resolved) as run:
-        run.log_metrics(prep.rows.metrics, 0)
+                            config=resolved, output=prep.output_dir) as run:
+        run.log_metrics(prep.rows.metrics, 0, resume=True)
         run.log_datasets(cfg.data.train, "training", name=f"{task.stage}-data")
         sink = ProgressSink.remote()
         last: dict = {}
 
         def on_metrics(step: int, metrics: dict) -> None:
             last.update(metrics)
-            run.log_metrics(metrics, step)
+            run.log_metrics(metrics, step, resume=True)
 
         try:
             follow(trainer(task, prep, sink, fault).fit, sink, on_metrics, desc=f"{task.stage} {prep.run_name}")
@@ -66,29 +78,43 @@ def launch(task: Task, parent_run_id: str | None = None, fault: dict | None = No
             if failure is exc:
                 raise  # a bug in lipo: Ray's error, with the worker's traceback
             raise failure from exc
+        ckpts.prune(run_dir, cfg.checkpoint.keep)  # rank 0 prunes while uploads may run: it can leave one more
         evaluated = task.evaluate(prep.model_dir)
-        run.log_metrics(evaluated, 0)
+        run.log_metrics(evaluated, 0, resume=True)
         # A transformers-flavour MLflow model; on object storage the model stays where it is, named in the log
         mlflow_models.log_model(run, prep.model_dir)
     print(f"[lipo] model: {prep.model_dir}\n[lipo] mlflow: run '{prep.run_name}' in {uri}", flush=True)
     return TrainResult(prep.run_name, run.run_id, uri, prep.model_dir, {**last, **evaluated})
 
 
-def trainer(task: Task, prep: Prepared, sink, fault: dict | None) -> TorchTrainer:
+def trainer(task: Task, prep: Prepared, sink, fault: dict | list[dict] | None) -> TorchTrainer:
     """Ray Train's trainer: one `train_loop` per worker, each given the task object and the path of the tokenised
     rows (`lipo.training.token_cache`), from which it reads only what its plan assigns it."""
     cfg, sc = task.cfg, task.cfg.scaling
     return TorchTrainer(
         train_loop,
         train_loop_config={"task": task, "sink": sink, "fault": fault, "model_dir": str(prep.model_dir),
-                           "rows": str(prep.rows.path), "has_ref": prep.rows.has_ref},
+                           "rows": str(prep.rows.path), "has_ref": prep.rows.has_ref,
+                           "run_dir": storage.join(prep.output_dir, prep.run_name)},
         scaling_config=ScalingConfig(num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=(
             {"CPU": sc.cpus_per_worker, "GPU": sc.gpus_per_worker} if sc.use_gpu else {"CPU": sc.cpus_per_worker})),
         torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
         run_config=RunConfig(name=prep.run_name, storage_path=str(prep.output_dir),
                              failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=None)),  # lipo prunes: checkpoints.py
     )
+
+
+def tidy_checkpoints(run_dir: str, keep: int) -> None:
+    """Before a fit: prune the run's checkpoints to `keep` (a killed run leaves more, and incomplete ones) and drop
+    Ray Train's record of them, which may lag behind the disk and name pruned folders; say what was removed."""
+    pruned = ckpts.prune(run_dir, keep)
+    ckpts.drop_ray_record(run_dir)
+    if note := pruned.note(keep):
+        print(f"[lipo] checkpoints in {run_dir}: {note}", flush=True)
+    if pruned.kept:
+        print(f"[lipo] resuming from the newest complete checkpoint: step {pruned.kept[0].step} "
+              f"({pruned.kept[0].name})", flush=True)
 
 
 # Where Ray Train (2.60, pinned) keeps a worker's own exception inside its wrappers: the user code's exception

@@ -5,7 +5,10 @@ micro-batches per worker, each of `micro_batch_size` rows, or of as many rows as
 tokens when that budget is set (`lipo.training.plan`); what a micro-batch computes is the task's `loss` (the task
 object, `lipo.training.tasks`, arrives in `config["task"]`), e.g. for LiPO `beta * (log pi - log pi_ref)` scored by
 an objective from `lipo.losses`. Setup first resolves the ZeRO stage (`deepspeed.stage: auto`,
-`lipo.training.engine.resolve_stage`) and prints it on rank 0 with the task's other settings. Launched by
+`lipo.training.engine.resolve_stage`) and prints it on rank 0 with the task's other settings, then resumes from the
+newest complete checkpoint on disk (`resume`, `lipo.training.checkpoints`). Before a checkpoint, rank 0 waits until
+the driver has logged every step up to it to MLflow (`logged`): a run resumed from a checkpoint has no gap in its
+history. After it, rank 0 prunes the run's checkpoints to `checkpoint.keep`. Launched by
 `lipo.training.launch.launch` (`lipo train CONFIG.yaml`).
 """
 
@@ -19,10 +22,13 @@ import ray.train
 import torch
 import torch.distributed as dist
 
+from lipo import storage
 from lipo.models.loading import load_tokenizer
 from lipo.models.packed_logps import batch_token_count
+from lipo.training import checkpoints as ckpts
 from lipo.training import engine as eng
 from lipo.training.plan import BatchPlan, TokenBudgetPlan
+from lipo.training.progress import wait_logged
 from lipo.training.tasks import Task
 from lipo.training.token_cache import TokenRows
 
@@ -51,11 +57,9 @@ def train_loop(config: dict) -> None:
     if rank == 0:
         settings = "".join(f"; {k}: {v}" for k, v in getattr(task, "settings", {}).items())
         print(f"[lipo] {task.stage}: deepspeed stage {stage} ({why}){settings}", flush=True)
-    start = 0
-    if (ckpt := ray.train.get_checkpoint()) is not None:
-        with ckpt.as_directory() as d:
-            start = eng.load_checkpoint(engine, Path(d), rank)
-    sink = config.get("sink")
+    run_dir = config["run_dir"]
+    start = resume(engine, run_dir, rank)
+    sink, pushed = config.get("sink"), 0
 
     for step in range(start, plan.total_steps):
         # ---- step
@@ -81,12 +85,39 @@ def train_loop(config: dict) -> None:
         done = step + 1
         if rank == 0 and sink is not None and (done % cfg.tracking.log_every == 0 or done == plan.total_steps):
             sink.push.remote(done, plan.total_steps, metrics)
+            pushed = done
         # ---- checkpoint
         if done % cfg.checkpoint.every == 0 or done == plan.total_steps:
+            if rank == 0 and sink is not None and pushed:
+                logged(sink, pushed)  # a run resumed from this checkpoint has every step before it in MLflow
             with tempfile.TemporaryDirectory() as tmp:
-                eng.save_checkpoint(engine, Path(tmp), done, rank)
+                eng.save_checkpoint(engine, Path(tmp), done, rank, world)
                 ray.train.report({"step": done, **metrics}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            if rank == 0:  # lipo keeps `checkpoint.keep`, Ray none (lipo.training.checkpoints)
+                ckpts.prune(run_dir, cfg.checkpoint.keep, running=True)
         eng.fault_hook(config.get("fault"), done, rank)
 
     # ---- export
     eng.export_model(engine, tokenizer, config["model_dir"], stage, rank)
+
+
+def resume(engine, run_dir: str, rank: int) -> int:
+    """Restore the newest complete checkpoint of the run on disk, which rank 0 finds and every rank loads
+    (`lipo.training.checkpoints`: Ray Train's record may lag behind the disk); the steps it had done, 0 if none."""
+    found = [ckpts.newest(run_dir) if rank == 0 else None]
+    if dist.is_initialized():
+        dist.broadcast_object_list(found, src=0)
+    if found[0] is None:
+        return 0
+    with ray.train.Checkpoint(storage.join(run_dir, found[0].name)).as_directory() as d:
+        step = eng.load_checkpoint(engine, Path(d), rank)
+    if rank == 0:
+        print(f"[lipo] resumed from step {step} ({found[0].name})", flush=True)
+    return step
+
+
+def logged(sink, step: int, timeout_s: float = 300.0) -> None:
+    """Wait until the driver has logged the metrics of `step` to MLflow (`lipo.training.progress`)."""
+    if not wait_logged(sink, step, timeout_s):
+        print(f"[lipo] the driver has not logged step {step} to MLflow after {timeout_s:.0f} s; going on",
+              flush=True)

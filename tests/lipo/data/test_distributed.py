@@ -70,7 +70,7 @@ def test_a_bad_row_is_one_line_naming_file_row_and_field(tmp_path, ray_local):
     units = plan_units(resolve_paths(str(tmp_path)))  # two units, so two actors
     with pytest.raises(LipoError) as err:
         map_units(units, CountRows, {"on_invalid": "error"}, workers=2)
-    assert str(err.value) == f"{tmp_path / 'bad.jsonl'}: row 3: field 'labels[1]': must be finite, got nan"
+    assert str(err.value) == f"{tmp_path / 'bad.jsonl'}: row 3: field 'labels[1]': must be finite, got NaN"
     skipped = map_units(units, CountRows, {"on_invalid": "skip"}, workers=2)[0]["report"]
     assert skipped["rows_skipped"] == 1 and skipped["skipped_by_reason"] == {"labels: not finite": 1}
 

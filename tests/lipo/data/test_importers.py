@@ -255,3 +255,52 @@ def test_openai_content_parts_become_text_and_other_parts_are_errors(tmp_path):
         "got 'image_url' (lipo's models read text only)",
         f"{tmp_path / 'in.jsonl'}: row 4: field 'rejected[1].content[0].type': only text content parts can be read, "
         "got 'input_audio' (lipo's models read text only)"]
+
+
+def test_pairs_scores_that_are_not_finite_numbers_are_counted_not_dropped_silently(tmp_path):
+    """Issue 16, point 9: a NaN score_chosen used to drop the row's rewards without a count."""
+    rows = [{"prompt": "a?", "chosen": "y", "rejected": "n", "score_chosen": float("nan"), "score_rejected": 2.0},
+            {"prompt": "b?", "chosen": "y", "rejected": "n", "score_chosen": 7.0, "score_rejected": float("-inf")},
+            {"prompt": "c?", "chosen": "y", "rejected": "n", "score_chosen": "8"},
+            {"prompt": "d?", "chosen": "y", "rejected": "n", "score_chosen": 9.0, "score_rejected": 1},
+            {"prompt": "e?", "chosen": "y", "rejected": "n"},  # no scores at all: nothing dropped
+            {"prompt": "", "chosen": "y", "rejected": "n", "score_chosen": float("nan")}]  # skipped row: not counted
+    lists, report = imported(tmp_path, "pairs", rows)
+    assert [r["rewards"] for r in lists] == [None, None, None, [9.0, 1.0], None]
+    assert [r["labels"] for r in lists] == [[1.0, 0.0]] * 5  # the preference is kept
+    assert report.values_left_out == {"score_chosen: NaN": 1, "score_rejected: partner unusable": 1,
+                                      "score_chosen: partner unusable": 1, "score_rejected: -inf": 1,
+                                      "score_chosen: a string": 1}
+    assert report.read.skipped_by_reason == {"prompt: empty": 1}
+    assert ("; scores left out (lists kept without rewards): score_chosen: NaN 1, score_chosen: a string 1, "
+            "score_chosen: partner unusable 1, score_rejected: -inf 1, score_rejected: partner unusable 1"
+            ) in report.summary()
+
+
+def test_nan_ranks_say_nan_and_broken_parents_are_errors(tmp_path):
+    """Issue 16, point 13: a NaN rank was reported as "must be a number, got float"."""
+    rows = [{"prompt": "Best?", "replies": [{"text": "a", "rank": 0}, {"text": "b", "rank": float("nan")}]}]
+    with pytest.raises(DataError) as exc:
+        imported(tmp_path, "ranked", rows, on_invalid="error")
+    assert str(exc.value) == (f"{tmp_path / 'in.jsonl'}: row 1: field 'replies[1].rank': must be a finite number, "
+                              "got NaN")
+    rows[0]["replies"][1]["rank"] = "first"
+    with pytest.raises(DataError, match=r"field 'replies\[1\]\.rank': must be a finite number, got a string$"):
+        imported(tmp_path, "ranked", rows, on_invalid="error")
+    rows[0]["replies"][1] = {"text": 42, "rank": 1}  # a reply whose text is not text: named, not "missing"
+    with pytest.raises(DataError, match=r"field 'replies\[1\]\.text': must be a string, got int$"):
+        imported(tmp_path, "ranked", rows, on_invalid="error")
+    msgs = [{"message_id": "m0", "parent_id": None, "role": "prompter", "text": "Hi", "rank": None},
+            {"message_id": "a1", "parent_id": 7, "role": "assistant", "text": "Yo", "rank": 0}]
+    with pytest.raises(DataError, match=r"in\.jsonl: row 2: field 'parent_id': must be a string or null, got int$"):
+        imported(tmp_path, "ranked", msgs, on_invalid="error")
+
+
+def test_chat_roles_outside_the_four_are_errors_naming_the_field(tmp_path):
+    """Issue 16, point 13: a role of "robot" was accepted."""
+    rows = [{"prompt": [{"role": "user", "content": "Hi"}, {"role": "robot", "content": "beep"},
+                        {"role": "user", "content": "and?"}], "chosen": "y", "rejected": "n"}]
+    with pytest.raises(DataError) as exc:
+        imported(tmp_path, "pairs", rows, on_invalid="error")
+    assert str(exc.value) == (f"{tmp_path / 'in.jsonl'}: row 1: field 'prompt[1].role': must be one of system, user, "
+                              "assistant, tool, got 'robot'")

@@ -1,5 +1,6 @@
 """read_lists / write_lists on real files written to tmp_path."""
 
+import gzip
 import json
 import os
 import subprocess
@@ -88,7 +89,7 @@ def test_bad_row_in_third_line_names_file_row_field(tmp_path, bad, field_problem
 def test_nan_label_literal(tmp_path):
     p = tmp_path / "train.jsonl"
     p.write_text(json.dumps(good(0)) + '\n{"prompt": "q", "responses": ["a", "b"], "labels": [1.0, NaN]}\n')
-    expect_error(str(p), f"{p}: row 2: field 'labels[1]': must be finite, got nan")
+    expect_error(str(p), f"{p}: row 2: field 'labels[1]': must be finite, got NaN")
 
 
 def test_non_utf8_line(tmp_path):
@@ -125,7 +126,8 @@ def test_empty_missing_and_unknown_files(tmp_path):
     expect_error(str(tmp_path / "nope.jsonl"), f"file not found: {tmp_path / 'nope.jsonl'}")
     csv = tmp_path / "lists.csv"
     csv.write_text("prompt,responses\n")
-    expect_error(str(csv), f"{csv}: unknown file extension '.csv' (expected .jsonl, .json, .parquet or .arrow)")
+    expect_error(str(csv), f"{csv}: unknown file extension '.csv' "
+                           "(expected .jsonl, .json (plain, .gz or .zst), .parquet or .arrow)")
     empty_pq = tmp_path / "empty.parquet"
     pq.write_table(LIST_SCHEMA.empty_table(), empty_pq)
     expect_error(str(empty_pq), f"{empty_pq}: has no rows")
@@ -153,7 +155,7 @@ def test_skip_counts_by_reason_and_keeps_valid_rows(tmp_path):
     assert (report.rows_read, report.rows_valid, report.rows_skipped) == (7, 3, 4)
     assert report.rows_read == report.rows_valid + report.rows_skipped
     assert dict(report.skipped_by_reason) == {"labels: not finite": 2, "responses: too few": 1, "<json>: malformed": 1}
-    assert report.first_errors[0] == f"{a}: row 2: field 'labels[0]': must be finite, got nan"
+    assert report.first_errors[0] == f"{a}: row 2: field 'labels[0]': must be finite, got NaN"
     assert len(report.first_errors) == 4
     assert (report.files[a].rows_read, report.files[a].rows_skipped, report.files[str(b)].rows_valid) == (5, 3, 1)
     assert report.summary() == (
@@ -180,16 +182,21 @@ def test_directories_and_globs_sorted_with_hidden_files_skipped(tmp_path):
     (d / "_SUCCESS").write_text("")
     (d / ".hidden.jsonl").write_text("not json\n")
     (d / "README.md").write_text("# notes\n")
+    # a file of no readable format in a directory is refused by name, never skipped unseen (issue 16, point 9)
+    with pytest.raises(DataError, match=rf"^{d / 'README.md'}: unknown file extension '\.md' .* it was found in {d},"):
+        read_lists(str(d))
+    (d / "README.md").rename(d / "_README.md")  # the documented way to keep it there: a hidden name
     table, report = read_lists(str(d))
     assert table.column("prompt").to_pylist() == ["q0", "q1", "q2"]
     assert len(report.files) == 3
     assert [f.name for f in resolve_paths(str(d / "*.json*"))] == [str(d / "a.json"), str(d / "b.jsonl")]
     assert resolve_paths([str(d / "a.json"), str(d)])[0].name == str(d / "a.json")  # each file once
     assert len(resolve_paths([str(d / "a.json"), str(d)])) == 3
-    expect_error(str(d / "*.txt"), f"no .jsonl, .json, .parquet or .arrow files match {d / '*.txt'}")
+    expect_error(str(d / "*.txt"),
+                 f"no .jsonl, .json (plain, .gz or .zst), .parquet or .arrow files match {d / '*.txt'}")
     (tmp_path / "void").mkdir()
     expect_error(str(tmp_path / "void"),
-                 f"directory {tmp_path / 'void'} has no .jsonl, .json, .parquet or .arrow files")
+                 f"directory {tmp_path / 'void'} has no .jsonl, .json (plain, .gz or .zst), .parquet or .arrow files")
 
 
 def test_write_lists_validates(tmp_path):
@@ -207,3 +214,72 @@ def test_readers_import_no_torch_or_ray():
     code = "import sys, lipo.data.readers; assert not {'torch', 'ray', 'transformers'} & set(sys.modules)"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+# ------------------------------------------------------------------------ compressed JSONL, no file skipped unseen
+
+
+def _compressed(path, rows, codec):
+    """`rows` as JSONL compressed with pyarrow's codec ("gzip" / "zstd"): the streams lipo reads them with."""
+    with pa.CompressedOutputStream(str(path), codec) as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows).encode())
+    return path
+
+
+def test_compressed_jsonl_in_a_directory_is_read_not_skipped(tmp_path):
+    """Issue 16, point 9: a directory with a .jsonl.gz read "24 rows from 1 file", losing the gzip file's rows."""
+    assert pa.Codec.is_available("zstd") and pa.Codec.is_available("gzip")  # pyarrow's own codecs: no new dependency
+    d = tmp_path / "lists"
+    d.mkdir()
+    write_jsonl(d / "a.jsonl", [good(0), good(1)])
+    _compressed(d / "b.jsonl.gz", [good(2), good(3), good(4)], "gzip")
+    _compressed(d / "c.JSON.zst", [good(5)], "zstd")
+    table, report = read_lists(str(d))
+    assert sorted(table.column("prompt").to_pylist()) == [f"q{i}" for i in range(6)]
+    assert report.summary() == "read 6 rows from 3 files: 6 valid, 0 skipped"
+    assert [(f.format, f.compression) for f in resolve_paths(str(d))] == [
+        ("jsonl", None), ("jsonl", "gzip"), ("jsonl", "zstd")]
+    # row numbers inside a compressed file are its decompressed line numbers
+    bad = _compressed(tmp_path / "bad.jsonl.gz", [good(0), good(1, labels=[1.0, float("nan")])], "gzip")
+    expect_error(str(bad), f"{bad}: row 2: field 'labels[1]': must be finite, got NaN")
+    fake = tmp_path / "fake.jsonl.zst"
+    fake.write_bytes(b"this is not zstd at all\n")
+    with pytest.raises(DataError, match=rf"^{fake}: cannot decompress \(zstd\): "):
+        read_lists(str(fake))
+    whole = gzip.compress("".join(json.dumps(good(i)) + "\n" for i in range(3000)).encode())
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(whole[: len(whole) // 2])  # a truncated download: an error, not the first half read quietly
+    with pytest.raises(DataError, match=rf"^{cut}: cannot decompress \(gzip\): "):
+        read_lists(str(cut))
+
+
+def test_unreadable_files_found_by_a_listing_are_refused_by_name(tmp_path):
+    d = tmp_path / "lists"
+    d.mkdir()
+    write_jsonl(d / "a.jsonl", [good(0)])
+    (d / "b.jsonl.bz2").write_bytes(b"BZh")  # a compression lipo does not read: named, not skipped
+    with pytest.raises(DataError) as exc:
+        read_lists(str(d))
+    assert str(exc.value).startswith(f"{d / 'b.jsonl.bz2'}: compressed file ('.jsonl' + '.bz2') not read; lipo reads "
+                                     ".jsonl and .json compressed as .gz or .zst")
+    assert f"it was found in {d}" in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(DataError, match=r"b\.jsonl\.bz2: compressed file"):
+        read_lists(str(d / "*"))  # a glob that finds it refuses it too
+    assert len(read_lists(str(d / "*.jsonl"))[0]) == 1  # a glob that leaves it out is the user's explicit choice
+    gz_parquet = tmp_path / "x.parquet.gz"
+    gz_parquet.write_bytes(b"\x1f\x8b")
+    expect_error(str(gz_parquet), f"{gz_parquet}: compressed file ('.parquet' + '.gz') not read; lipo reads .jsonl "
+                                  "and .json compressed as .gz or .zst (Parquet and Arrow compress inside the file)")
+
+
+def test_compressed_jsonl_from_a_bucket(s3):
+    """The same streams on a pyarrow-filesystem URI (a local S3 server)."""
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(f"{s3}/gz-lists")
+    with fs.open_output_stream(f"{root}/a.jsonl.gz", compression=None) as f:
+        f.write(gzip.compress("".join(json.dumps(good(i)) + "\n" for i in range(3)).encode()))
+    with fs.open_output_stream(f"{root}/b.jsonl.zst", compression="zstd") as f:
+        f.write((json.dumps(good(3)) + "\n").encode())
+    table, report = read_lists(f"{s3}/gz-lists")
+    assert table.column("prompt").to_pylist() == ["q0", "q1", "q2", "q3"] and len(report.files) == 2

@@ -61,7 +61,7 @@ def test_integer_labels_are_numbers():
 @pytest.mark.parametrize(
     "bad, message, reason",
     [
-        ({"labels": [1.0, math.nan, 0.0]}, "field 'labels[1]': must be finite, got nan", "labels: not finite"),
+        ({"labels": [1.0, math.nan, 0.0]}, "field 'labels[1]': must be finite, got NaN", "labels: not finite"),
         ({"labels": [1.0, 0.0, 1.5]}, "field 'labels[2]': must be in [0, 1], got 1.5", "labels: out of range"),
         ({"labels": [1.0, -0.1, 0.0]}, "field 'labels[1]': must be in [0, 1], got -0.1", "labels: out of range"),
         ({"labels": [1.0, "0.5", 0.0]}, "field 'labels[1]': must be a number, got str", "labels: not a number"),
@@ -77,7 +77,7 @@ def test_integer_labels_are_numbers():
         ({"prompt": 3}, "field 'prompt': must be a string or a list of chat messages, got int", "prompt: bad type"),
         ({"prompt": [{"role": "user"}]}, "field 'prompt[0].content': missing", "prompt: bad message"),
         ({"prompt": [CHAT[0], {"role": " ", "content": "x"}]},
-         "field 'prompt[1].role': must be a non-empty string, got an empty string", "prompt: bad message"),
+         "field 'prompt[1].role': must be a non-empty string, got an empty string", "prompt: bad role"),
         ({"prompt": ["hi"]},
          "field 'prompt[0]': must be a chat message object with role and content, got str", "prompt: bad message"),
         ({"rewards": [0.1, math.inf, 0.0]}, "field 'rewards[1]': must be finite, got inf", "rewards: not finite"),
@@ -101,7 +101,7 @@ def test_describe_errors_on_direct_construction():
     with pytest.raises(ValidationError) as exc:
         ListRecord(prompt="x", responses=["a", "b"], labels=[0.0, math.nan])
     [p] = describe_errors(exc.value)
-    assert (p.field, p.message, p.reason) == ("labels[1]", "must be finite, got nan", "labels: not finite")
+    assert (p.field, p.message, p.reason) == ("labels[1]", "must be finite, got NaN", "labels: not finite")
 
 
 def test_both_prompt_columns_set_is_a_conflict():
@@ -151,3 +151,24 @@ def test_content_parts_in_a_chat_prompt_become_text():
     ]:
         message, reason = problem(row(prompt=[CHAT[0], {"role": "user", "content": content}]))
         assert message.startswith(msg) and reason == "prompt: bad message"
+
+
+def test_roles_are_exactly_system_user_assistant_and_tool():
+    """Issue 16, point 13: `robot` (or `User`, `prompter`) is an error naming the message's role field."""
+    ok = [{"role": r, "content": "x"} for r in ("system", "user", "assistant", "tool")] + [CHAT[1]]
+    assert [m["role"] for m in prompt_of(record_to_row(row_to_record(row(prompt=ok))))] == [
+        "system", "user", "assistant", "tool", "user"]
+    for bad in ("robot", "User", "prompter"):
+        assert problem(row(prompt=[CHAT[0], {"role": bad, "content": "x"}])) == (
+            f"field 'prompt[1].role': must be one of system, user, assistant, tool, got '{bad}'", "prompt: bad role")
+    with pytest.raises(ValidationError, match="must be one of system, user, assistant, tool, got 'robot'"):
+        ListRecord(prompt=[{"role": "robot", "content": "x"}], responses=["a", "b"], labels=[1.0, 0.0])
+
+
+@pytest.mark.parametrize("value, shown", [(math.nan, "NaN"), (math.inf, "inf"), (-math.inf, "-inf")])
+def test_non_finite_numbers_are_named_in_every_numeric_field(value, shown):
+    """Issue 16, point 13: the message names NaN / inf, not only the type."""
+    for name, values in (("labels", [1.0, value, 0.0]), ("rewards", [0.0, value, 1.0]),
+                         ("ref_logps", [-1.0, value, -2.0])):
+        assert problem(row(**{name: values})) == (f"field '{name}[1]': must be finite, got {shown}",
+                                                  f"{name}: not finite")

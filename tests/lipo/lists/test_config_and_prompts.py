@@ -124,6 +124,19 @@ def test_existing_scorer_reads_responses_and_its_field(tmp_path):
             _read(tmp_path, [bad], *ov)
 
 
+def test_prompt_roles_and_nan_scores_get_named_errors(tmp_path):
+    """Issue 16, point 13, in build-lists' input: a `robot` turn and a NaN in the existing scorer's column."""
+    with pytest.raises(DataError) as exc:
+        _read(tmp_path, [{"prompt": [{"role": "robot", "content": "beep"}]}])
+    assert str(exc.value) == (f"{tmp_path / 'prompts.jsonl'}: row 1: field 'prompt[0].role': must be one of system, "
+                              "user, assistant, tool, got 'robot'")
+    ov = ("generate=null", "reference.model=builtin:tiny-llama", "score.name=existing", "score.field=rating")
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "p", "responses": ["a", "b"], "rating": [1, NaN]}\n')
+    with pytest.raises(DataError, match=r"row 1: field 'rating\[1\]': must be finite, got NaN$"):
+        read_prompts(build_config(tmp_path, path, "out", *ov), byte_tokenizer())
+
+
 def test_seeds_come_from_the_id_not_the_row_position(tmp_path):
     table, _ = _read(tmp_path, [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": "y"}, {"id": "c", "prompt": "z"}])
     shards = plan_shards(table, seed=5, shard_size=2)

@@ -21,8 +21,8 @@ from lipo.errors import DataError
 from lipo.lists import stats
 from lipo.lists.build import build_lists
 from lipo.lists.manifest import OutputDir, summarize
-from lipo.lists.pipeline import prepare
-from lipo.lists.prompts import plan_shards, read_prompts
+from lipo.lists.pipeline import finalize, prepare
+from lipo.lists.prompts import ids_digest, plan_shards, read_prompts
 from lipo.lists.shards import WriteShard
 from lipo.lists.staging import read_shard
 from lipo.lists.stages import ScoreStage, work_table
@@ -95,7 +95,7 @@ def test_a_replayed_shard_write_leaves_one_list_per_prompt(tmp_path):
     score = ScoreStage(cfg.model_dump(mode="json"))
     blocks = [score(work_table(s.index, read_shard(None, s))) for s in shards]
     out = OutputDir(tmp_path / "out")
-    writer = WriteShard(out, {s.index: (s.rows, s.ids_sha) for s in shards})
+    writer = WriteShard(out, {s.index: (s.rows, s.ids_sha, s.content_sha) for s in shards})
     for block in blocks:
         writer(block)
     writer(blocks[1])  # a retried task: the same names replaced
@@ -110,6 +110,50 @@ def test_a_replayed_shard_write_leaves_one_list_per_prompt(tmp_path):
         writer(blocks[0].slice(0, 1))
     with pytest.raises(RuntimeError, match="expected exactly one planned shard"):
         writer(pa.concat_tables(blocks[:2]))
+
+
+def _build_in_process(plan) -> dict:
+    """What the Ray pipeline does to the pending shards (LoadShard -> ScoreStage -> WriteShard), in this process."""
+    score = ScoreStage(plan.resolved)
+    writer = WriteShard(plan.out, {s.index: (s.rows, s.ids_sha, s.content_sha) for s in plan.pending})
+    for shard in plan.pending:
+        writer(score(work_table(shard.index, read_shard(plan.out, shard))))
+    return finalize(plan)
+
+
+def test_an_edited_prompt_redoes_its_shard_and_keeps_the_others(tmp_path, capsys):
+    """Issue 16, point 10: editing a prompt's text under the same id reported "already complete" (ids-only digest).
+
+    One input file, so the validation pass runs in this process and the test needs no Ray."""
+    rows = [_row(i) for i in range(5)]  # shards of 2: [p0 p1] [p2 p3] [p4]
+    src = _jsonl(tmp_path / "in.jsonl", rows)
+    cfg = build_config(tmp_path, src, "out", *LISTS)
+    first = _build_in_process(prepare(cfg))
+    out = tmp_path / "out"
+    assert prepare(cfg).status == "complete" and prepare(cfg).pending == []
+    parts = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    rows[2] = _row(2, "deaf")  # same id, new text (shard 1)
+    _jsonl(src, rows)
+    plan = prepare(cfg)
+    assert plan.status == "resume" and [s.index for s in plan.pending] == [1]
+    assert "changed since 1 finished shard(s) were built (1)" in capsys.readouterr().out
+    assert not (out / "_manifest.json").exists() and not (out / "part-00001.parquet").exists()
+    second = _build_in_process(plan)
+    assert second["input_digest"] != first["input_digest"]
+    prompts = dict(zip(*read_lists([out])[0].select(["id", "prompt"]).to_pydict().values()))
+    assert prompts["p2"] == "Reverse the word: deaf\nAnswer:" and len(prompts) == 5
+    assert {n: t for n, t in parts.items() if n != "part-00001.parquet"} == {
+        p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet") if p.name != "part-00001.parquet"}
+    fresh = _build_in_process(prepare(build_config(tmp_path, src, "fresh", *LISTS)))  # the edited input from scratch
+    assert read_lists([out])[0].sort_by("id") == read_lists([tmp_path / "fresh"])[0].sort_by("id")
+    assert second["input_digest"] == fresh["input_digest"] and prepare(cfg).status == "complete"
+    # A shorter input: the shard it no longer has is forgotten, its lists gone; a reference edit counts as content.
+    rows = rows[:4]
+    rows[0] = {**rows[0], "reference": "efac"}
+    _jsonl(src, rows)
+    plan = prepare(cfg)
+    assert [s.index for s in plan.pending] == [0] and not (out / "part-00002.parquet").exists()
+    assert _build_in_process(plan)["counts"]["prompts"] == 4
 
 
 # ------------------------------------------------------------------------------------------------ on Ray
@@ -161,6 +205,8 @@ def test_file_uris_resume_and_manifest_from_records(ray_local, tmp_path, two_fil
     _assert_manifest_matches(first.manifest, out)
     assert first.manifest["input"]["rows_read"] == 6 and first.manifest["files"] == [
         f"part-0000{i}.parquet" for i in range(4)]
+    records = [json.loads((out / "_build" / f"part-0000{i}.json").read_text()) for i in range(4)]
+    assert first.manifest["input_digest"] == ids_digest([r["content_sha"] for r in records])  # the workers' digests
     # A partial build: shard 1 never finished, shard 3 died between its part file and its record.
     saved = tmp_path / "saved"
     shutil.copytree(out, saved)
@@ -173,6 +219,12 @@ def test_file_uris_resume_and_manifest_from_records(ray_local, tmp_path, two_fil
     drop = ("created",)
     assert {k: v for k, v in resumed.manifest.items() if k not in drop} == {
         k: v for k, v in first.manifest.items() if k not in drop}
+    # Issue 16, point 10, through the CLI's driver: an edited prompt (same id) is rebuilt, not "already complete".
+    _jsonl(c, [_row(10, "deaf"), _row(11), _row(12)])
+    edited = build_lists(cfg)
+    assert edited.manifest["input_digest"] != first.manifest["input_digest"]
+    prompts = dict(zip(*read_lists([out])[0].select(["id", "prompt"]).to_pydict().values()))
+    assert prompts["p10"] == "Reverse the word: deaf\nAnswer:" and len(prompts) == 6
 
 
 def test_vllm_samples_are_regrouped_inside_the_block():

@@ -197,6 +197,35 @@ def test_on_step_sees_each_step_after_one_forward_and_changes_nothing(model, mon
     assert cut == [upto_eos(c[:3]) for c in cols]
 
 
+def test_deadlines_end_late_rows_and_stop_the_pass(model, monkeypatch):
+    """A clock that advances one second per forward: a row whose deadline passes ends after the step that saw it
+    late (its tokens cut there; the others untouched, batch-free), and once every row is late the pass stops
+    there, running no further forward. Seeds outside int64 are a ValueError naming the row."""
+    clock, forwards = [0.0], []
+    monkeypatch.setattr(G, "time", type("Clock", (), {"time": staticmethod(lambda: clock[0])}))
+
+    def tick(module, args, kwargs):
+        forwards.append(1)
+        clock[0] += 1.0  # step t is drawn after forward t + 1, at clock t + 1
+
+    free = sample_ids(model, PROMPTS, [5, 6, 7, 8], HOT, PAD, EOS)
+    hook = model.register_forward_pre_hook(tick, with_kwargs=True)
+    try:
+        got = sample_ids(model, PROMPTS, [5, 6, 7, 8], HOT, PAD, EOS, deadlines=[3.0, None, 0.5, None])
+        some = len(forwards)
+        forwards.clear()
+        clock[0] = 0.0
+        cut = sample_ids(model, PROMPTS, [5, 6, 7, 8], HOT, PAD, EOS, deadlines=[3.0] * 4)
+    finally:
+        hook.remove()
+    assert got == [free[0][:3], free[1], free[2][:1], free[3]]  # late at step 2 (clock 3) and at step 0 (clock 1)
+    assert some == min(max(len(r) for r in free[1::2]) + 1, HOT.max_new_tokens)  # ran on for rows 1 and 3
+    assert cut == [row[:3] for row in free] and len(forwards) == 3  # the prefill + 2 decode forwards, no more
+    with pytest.raises(ValueError, match=r"seeds\[1\] = 9223372036854775808 is outside"):
+        sample_ids(model, PROMPTS[:2], [0, 2**63], HOT, PAD, EOS)
+    assert G.sample_seed(2**53 + 7, 999) == (2**53 + 7) * 1000 + 999 <= G.SEED_MAX
+
+
 def test_auto_dtype_is_bf16_on_a_gpu_and_fp32_on_cpu(monkeypatch):
     from lipo.models.loading import load_causal_lm, torch_dtype
 

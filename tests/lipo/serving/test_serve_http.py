@@ -28,7 +28,7 @@ from lipo.models.reward_loading import load_reward_model
 from lipo.serving.config import ServeConfig
 from lipo.serving.local import start_local
 
-KEY = "test-key-123"
+KEY = "test-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 APP = "lipo-http"
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ def server(ray_local):
     cfg = load_config(ServeConfig, None, [
         f"app_name={APP}", "http.port=0", f"policy.deployment={small}", f"reward.deployment={small}",
         "policy.batch.max_batch_size=4", "reward.batch.max_batch_size=4",
-        "ingress={num_cpus: 0.1, max_ongoing_requests: 4, max_queued_requests: 4}",
+        "ingress={num_replicas: 1, num_cpus: 0.1, max_ongoing_requests: 4, max_queued_requests: 4}",
         "limits={max_request_bytes: 4096, max_tokens: 64, max_n: 4, max_responses: 4, request_timeout_s: 30}"])
     t0 = time.perf_counter()
     url = start_local(cfg, api_key=KEY)

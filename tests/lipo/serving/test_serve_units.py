@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -286,7 +287,8 @@ def test_ingress_timeout_is_a_408_and_cancels_the_call():
     class SlowCall:
         cancelled = False
 
-        def remote(self, *args):
+        def remote(self, *args, budget):
+            SlowCall.budget = budget  # the replica's deadline: the same timeout, on the wall clock
             return self
 
         def __await__(self):
@@ -296,9 +298,11 @@ def test_ingress_timeout_is_a_408_and_cancels_the_call():
             SlowCall.cancelled = True
 
     ingress = SimpleNamespace(cfg=load_config(ServeConfig, None, ["limits.request_timeout_s=0.05"]))
+    before = time.time()
     with pytest.raises(ApiError) as exc:
         asyncio.run(Ingress.func_or_class.call(ingress, SlowCall()))
     assert exc.value.status == 408 and "within 0.05s" in exc.value.message and SlowCall.cancelled
+    assert before + 0.05 <= SlowCall.budget.deadline <= time.time() and SlowCall.budget.max_logprob_tokens == 8192
 
 
 @pytest.mark.parametrize("exc", [RuntimeError("secret detail"), ApiError(503, "at capacity")])

@@ -6,6 +6,7 @@ a killed worker and after a relaunched driver, gradient-accumulation parity, and
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -78,21 +79,50 @@ def test_mlflow_holds_run_params_metrics_and_model(ray_local, tmp_path, toy_list
     assert (a - sequence_logps(tiny_llama(seed=0), batch)).abs().max() > 1e-3  # training moved the weights
 
 
-def test_resume_after_killed_worker_and_relaunched_driver(ray_local, tmp_path, toy_lists):
-    args = ("optim.lr=3e-3", "optim.micro_batch_size=1", "optim.max_steps=6", "checkpoint.every=2")
-    ref = _run(train_config(tmp_path, toy_lists, "run_name=straight", *args))
-    # A worker dies (os._exit) after step 3; Ray Train restarts the group from the step-2 checkpoint.
-    fault = {"step": 3, "rank": 1, "marker": str(tmp_path / "killed-once")}
-    killed = _run(train_config(tmp_path, toy_lists, "run_name=killed", "checkpoint.max_failures=1", *args), fault)
-    assert (tmp_path / "killed-once").exists()
-    assert max_abs_diff(load_weights(ref.model_dir), load_weights(killed.model_dir)) < 1e-5
-    # With no retries the run fails; relaunching the driver with the same run name resumes it.
-    fault = {"step": 3, "rank": 1, "marker": str(tmp_path / "killed-twice")}
-    cfg = train_config(tmp_path, toy_lists, "run_name=relaunched", "checkpoint.max_failures=0", *args)
-    with pytest.raises(LipoError, match="relaunched"):
-        _run(cfg, fault)
-    relaunched = _run(cfg)
-    assert max_abs_diff(load_weights(ref.model_dir), load_weights(relaunched.model_dir)) < 1e-5
+def test_resume_after_killed_worker_and_relaunched_driver(ray_local, tmp_path, toy_lists, capsys):
+    """One killed-and-resumed run against a straight one, both named `r` in one MLflow store (issue 16, 11 and 12).
+
+    A worker dies at step 3 and Ray Train restarts the group; it dies again at step 5, past `max_failures`, and
+    the fit fails. Before the driver is relaunched, a newer checkpoint torn mid-upload is added. The relaunch
+    resumes from the newest complete one (step 4), and ends with weights equal to the straight run's, `keep`
+    checkpoints, and an MLflow run of its own (another output_dir) whose history holds each step once, with the
+    straight run's losses.
+    """
+    from lipo import tracking
+    from lipo.training import checkpoints as ck
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ("run_name=r", f"tracking.uri={uri}", "optim.lr=3e-3", "optim.micro_batch_size=1", "optim.epochs=2",
+            "optim.max_steps=6", "checkpoint.every=2", "checkpoint.keep=2")  # 4 steps an epoch: 6 steps
+    ref = _run(train_config(tmp_path, toy_lists, f"output_dir={tmp_path / 'straight'}", *args))
+    faults = [{"step": s, "rank": 1, "marker": str(tmp_path / f"killed-at-{s}")} for s in (3, 5)]
+    cfg = train_config(tmp_path, toy_lists, "checkpoint.max_failures=1", *args)
+    with pytest.raises(LipoError, match="rerun with run_name=r to resume"):
+        _run(cfg, faults)
+    assert all(Path(f["marker"]).exists() for f in faults)
+    run_dir = tmp_path / "runs" / "r"
+    newest = ck.newest(str(run_dir))
+    assert newest.step == 4
+    torn = run_dir / "checkpoint_9999-torn"  # killed while uploading: rank 1's optimizer shard is missing
+    shutil.copytree(run_dir / newest.name, torn)
+    next(torn.rglob("zero_pp_rank_1_*optim_states.pt")).unlink()
+    capsys.readouterr()
+    resumed = _run(cfg)
+    out = capsys.readouterr().out
+    assert "removed 1 incomplete: checkpoint_9999-torn (state/zero_pp_rank_1_mp_rank_00_optim_states.pt of rank 1 " \
+           "is missing)" in out
+    assert f"resuming from the newest complete checkpoint: step 4 ({newest.name})" in out
+    assert max_abs_diff(load_weights(ref.model_dir), load_weights(resumed.model_dir)) < 1e-5
+    complete, incomplete = ck.scan(str(run_dir))
+    assert [f.step for f in complete] == [4, 6] and incomplete == {}  # pruned to checkpoint.keep
+    # Two runs named r: the output_dir tells them apart. Each holds steps 1..6 once, with the same losses.
+    assert resumed.run_id != ref.run_id
+    c = tracking.client(uri)
+    for key in ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s"):
+        steps = sorted(m.step for m in c.get_metric_history(resumed.run_id, key))
+        assert steps == [1, 2, 3, 4, 5, 6], (key, steps)  # no duplicate after the resumes, no gap
+    ref_loss, loss = ({m.step: m.value for m in c.get_metric_history(r.run_id, "train/loss")} for r in (ref, resumed))
+    assert loss == pytest.approx(ref_loss, abs=1e-6)
 
 
 def test_gradient_accumulation_matches_larger_micro_batch(ray_local, tmp_path, toy_lists):
