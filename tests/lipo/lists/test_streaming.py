@@ -219,12 +219,8 @@ def test_file_uris_resume_and_manifest_from_records(ray_local, tmp_path, two_fil
     drop = ("created",)
     assert {k: v for k, v in resumed.manifest.items() if k not in drop} == {
         k: v for k, v in first.manifest.items() if k not in drop}
-    # Issue 16, point 10, through the CLI's driver: an edited prompt (same id) is rebuilt, not "already complete".
-    _jsonl(c, [_row(10, "deaf"), _row(11), _row(12)])
-    edited = build_lists(cfg)
-    assert edited.manifest["input_digest"] != first.manifest["input_digest"]
-    prompts = dict(zip(*read_lists([out])[0].select(["id", "prompt"]).to_pydict().values()))
-    assert prompts["p10"] == "Reverse the word: deaf\nAnswer:" and len(prompts) == 6
+    # Issue 16, point 10 (an edited prompt redoes its shard) is tested in process above: a rebuild here would add a
+    # whole Ray build to CI for the same decision; the workers' content digests are checked against the manifest here.
 
 
 def test_vllm_samples_are_regrouped_inside_the_block():
