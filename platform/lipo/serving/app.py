@@ -46,7 +46,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from lipo.config import load_config
 from lipo.serving.config import ServeArgs, ServeConfig
 from lipo.serving.isolation import Budget, plain_error
-from lipo.serving.routes import install_error_handlers, router
+from lipo.serving.routes import DEPLOYMENTS, install_error_handlers, router
 from lipo.serving.security import ApiError, Guard, check_bind, check_limits, key_digest, load_api_key
 
 
@@ -171,9 +171,9 @@ def build(cfg: ServeConfig, digest: str | None):
     def model(cls, slot, name):
         return cls.options(**slot.deployment.options(name)).bind(slot.model_dump(mode="json"), cfg.tracking_uri)
 
-    policy = model(PolicyModel, cfg.policy, "LipoPolicy")
-    baseline = model(PolicyModel, cfg.baseline, "LipoBaseline") if cfg.baseline else None
-    reward = model(RewardModel, cfg.reward, "LipoReward") if cfg.reward else None
+    policy = model(PolicyModel, cfg.policy, DEPLOYMENTS["policy"])  # the names /healthz asks Serve about
+    baseline = model(PolicyModel, cfg.baseline, DEPLOYMENTS["baseline"]) if cfg.baseline else None
+    reward = model(RewardModel, cfg.reward, DEPLOYMENTS["reward"]) if cfg.reward else None
     return Ingress.options(**cfg.ingress.options("LipoIngress")).bind(
         cfg.model_dump(mode="json"), digest, policy, baseline=baseline, reward=reward)
 

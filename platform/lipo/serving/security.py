@@ -171,13 +171,6 @@ def check_bind(host: str | None, has_key: bool, insecure: bool) -> None:
           f"this port can use the models.\n{bar}", file=sys.stderr, flush=True)
 
 
-def bearer_ok(header: bytes | None, digest: str) -> bool:
-    """Check an `Authorization: Bearer <key>` header against a `key_digest` string: one slow hash, no cache (the
-    ingress uses `KeyCheck`, which caches)."""
-    token = _token(header)
-    return token is not None and _verify(token, parse_key_hash(digest))
-
-
 class KeyCheckBusy(Exception):
     """Too many distinct unverified keys are waiting for the slow hash: answer 503 rather than queue."""
 

@@ -20,7 +20,7 @@ from lipo.serving.schemas import ChatCompletionRequest, CompletionRequest
 from lipo.serving import security
 from lipo.serving import local
 from lipo.serving.local import start_local
-from lipo.serving.security import (ApiError, Guard, KeyCheck, KeyCheckBusy, bearer_ok, check_bind, check_limits,
+from lipo.serving.security import (ApiError, Guard, KeyCheck, KeyCheckBusy, check_bind, check_limits,
                                    is_loopback, key_digest, load_api_key, parse_key_hash)
 
 KEY = "k-0123456789abcdef"  # 18 characters: long enough (MIN_KEY_CHARS is 16)
@@ -86,6 +86,10 @@ def test_key_hash_is_salted_slow_and_self_describing():
 
 def test_bearer_check():
     d = _cheap_digest(KEY)
+
+    def bearer_ok(header, digest):  # a fresh replica's check each time: no cached answer
+        return asyncio.run(KeyCheck(digest).check(header))
+
     assert bearer_ok(f"Bearer {KEY}".encode(), d) and bearer_ok(f"bearer {KEY}".encode(), d)
     assert not bearer_ok(b"Bearer wrong-0123456789abcdef", d)
     assert not bearer_ok(f"Basic {KEY}".encode(), d)
