@@ -18,9 +18,10 @@ The platform bootstraps a small world from it, with no downloads:
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
+
+from lipo.bootstrap.files import write_world
 
 ALPHABET = "abcdefgh"
 PREFIX = "Copy: "
@@ -66,19 +67,10 @@ def _words(n: int, rng: random.Random, used: set[str]) -> list[str]:
     return out
 
 
-def _write(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    return path
-
-
 def make_world(out_dir: str | Path, n_demos: int = 400, n_rm_lists: int = 300, n_prompts: int = 128,
                n_eval: int = 64, noise: float = 0.5, rm_list_size: int = 4, seed: int = 0) -> dict[str, Path]:
     """Write the four files of the world into `out_dir` (deterministic in `seed`); returns their paths."""
     rng, used = random.Random(seed), set()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     demos = []
     for i, w in enumerate(_words(n_demos, rng, used)):
         noisy = rng.random() < noise
@@ -97,7 +89,5 @@ def make_world(out_dir: str | Path, n_demos: int = 400, n_rm_lists: int = 300, n
     evals = [{"id": f"e-{i}", "prompt": PREFIX + w + "\n", "reference": w}
              for i, w in enumerate(_words(n_eval, rng, used))]
     rm_prompts = [{"id": r["id"], "prompt": r["prompt"], "reference": target_of(r["prompt"])} for r in rm_lists]
-    return {"demos": _write(out / "demos.jsonl", demos), "rm_lists": _write(out / "rm_lists.jsonl", rm_lists),
-            "rm_prompts": _write(out / "rm_prompts.jsonl", rm_prompts),
-            "prompts": _write(out / "prompts.jsonl", prompts),
-            "eval_prompts": _write(out / "eval_prompts.jsonl", evals)}
+    return write_world(out_dir, demos=demos, rm_lists=rm_lists, rm_prompts=rm_prompts, prompts=prompts,
+                       eval_prompts=evals)

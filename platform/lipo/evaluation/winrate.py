@@ -39,14 +39,29 @@ def outcomes_from_probs(p, tie_eps: float = 0.0) -> np.ndarray:
 
 def bootstrap_means(values, resamples: int, seed: int, chunk: int = 256) -> np.ndarray:
     """[resamples] means of `values` resampled with replacement; the same seed gives the same draws."""
+    return bootstrap_grid_means(np.asarray(values, dtype=np.float64).reshape(1, -1), resamples, seed, chunk)
+
+
+def bootstrap_grid_means(values, resamples: int, seed: int, chunk: int = 256) -> np.ndarray:
+    """[resamples] means of a [S, N] grid (training seeds x prompts) under a two-level bootstrap.
+
+    Each resample draws S row (seed) indices and N column (prompt) indices with replacement, uses the same prompt
+    indices for every drawn seed (the prompts are shared by all seeds), and takes the mean of the S x N cells.
+    The prompt draws come from default_rng(seed) exactly as for a 1-D bootstrap and the seed draws from a separate
+    stream, so with S == 1 this is the prompt bootstrap of `bootstrap_means`, number for number.
+    """
     x = np.asarray(values, dtype=np.float64)
-    if x.size == 0:
+    if x.ndim != 2 or x.size == 0:
         raise LipoError("cannot bootstrap an empty set of prompts")
-    rng = np.random.default_rng(seed)
+    s, n = x.shape
+    rng, seed_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     out = []
-    for start in range(0, resamples, chunk):  # chunks bound memory at chunk * n indices
-        idx = rng.integers(0, x.size, size=(min(chunk, resamples - start), x.size))
-        out.append(x[idx].mean(axis=1))
+    for start in range(0, resamples, chunk):  # chunks bound memory at chunk * S * n cells
+        c = min(chunk, resamples - start)
+        p_idx = rng.integers(0, n, size=(c, n))  # [c, N]
+        s_idx = seed_rng.integers(0, s, size=(c, s)) if s > 1 else np.zeros((c, 1), dtype=np.int64)  # [c, S]
+        # mean over prompts, then over seeds: rows have equal N, so this is the grid mean
+        out.append(x[s_idx[:, :, None], p_idx[:, None, :]].mean(axis=2).mean(axis=1))
     return np.concatenate(out)
 
 

@@ -5,8 +5,8 @@ directory. `lipo.pipeline.resolve` turns it into one validated config per stage.
 
 Each stage section (`sft`, `reward_model`, `build_lists`, `train`, `evaluate`) is a *partial* stage config; the
 pipeline fills in the wiring between stages, and the user's keys win. `world` bootstraps the embedded quickstart
-task (`lipo.bootstrap.copytask`); with `world: null`, give your own prompt files, models and data in the stage
-sections (and `sft: null` / `reward_model: null` to use existing models).
+task (`lipo.bootstrap`, chosen by `world.task`); with `world: null`, give your own prompt files, models and data in
+the stage sections (and `sft: null` / `reward_model: null` to use existing models).
 """
 
 from __future__ import annotations
@@ -18,17 +18,16 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from lipo.bootstrap import WorldTask
 from lipo.config import Strict
-from lipo.training.config import ObjectiveName
+from lipo.training.config import LambdaWeightName, ObjectiveName
 
 # `lipo run` / `lipo compare` with no config file: the embedded quickstart of this checkout.
 DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "quickstart.yaml"
 
-GOLD_REWARD = "lipo.bootstrap.copytask:gold_reward"  # the world's exact reward: its raters and its judge
-
 
 class WorldConfig(Strict):
-    task: Literal["copy"] = "copy"
+    task: WorldTask = "copy"  # lipo.bootstrap.WORLDS: copy (the quickstart) or sort (graded quality)
     n_demos: int = Field(400, ge=8)
     n_rm_lists: int = Field(300, ge=8)
     n_prompts: int = Field(128, ge=4)
@@ -49,6 +48,14 @@ class CompareConfig(Strict):
                                        "list_mle", "lambda"]
     ablation_objectives: list[ObjectiveName] = ["lambda", "pair_logistic", "list_mle"]
     list_sizes: list[int] = [2, 4, 8]
+    # Each objective is trained once per seed (train.seed, train.seed + 1, ...) on the same lists; the report pairs
+    # the runs by seed and prompt. The ablations (list sizes, lambda weights) take the first `ablation_seeds` of
+    # them: one by default, so the full comparison (7 x 3 + 9 trainings) stays within 90 minutes on 2 CPU cores.
+    seeds: int = Field(3, ge=1)
+    ablation_seeds: int = Field(1, ge=1)
+    # LiPO-lambda at the full K with each of these weights (the lambda-weight ablation); the one equal to
+    # train.objective.lambda_weight is the main table's lambda run, not trained twice.
+    lambda_weights: list[LambdaWeightName] = ["dcg", "dcg2", "label_diff", "constant"]
 
 
 # The field `register` shadows the `register` method that pydantic models inherit from ABC, which nothing here
@@ -74,7 +81,7 @@ class PipelineConfig(Strict):
 @dataclass(frozen=True)
 class Paths:
     """Where the pipeline's files live under `output_dir`; stage outputs add their own directories under `root`.
-    The world's file names are the ones `lipo.bootstrap.copytask.make_world` writes."""
+    The world's file names are the ones every `lipo.bootstrap` world's `make_world` writes."""
 
     root: Path
     world: Path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,8 @@ class Ledger:
                 self.skipped.append(stage)
                 return done["result"]
         print(f"[lipo] ===== stage: {stage} =====", flush=True)
-        result = fn(*args)
+        start = time.monotonic()
+        result = {**fn(*args), "wall_s": round(time.monotonic() - start, 1)}  # what the stage cost, kept on reruns
         marker.parent.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_suffix(".tmp")
         tmp.write_text(json.dumps({"config_hash": want, "result": result}, indent=1, default=str))

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from lipo.bootstrap import gold_reward_spec
 from lipo.config import config_hash, format_validation_error
 from lipo.errors import ConfigError
 from lipo.evaluation.config import EvalConfig
@@ -33,7 +34,6 @@ from lipo.lists.config import BuildListsConfig, identity_hash
 from lipo.pipeline.config import Paths, PipelineConfig
 from lipo.training.config import RewardTrainConfig, SFTConfig, TrainConfig
 
-GOLD_REWARD = "lipo.bootstrap.copytask:gold_reward"  # the world's exact reward: its raters and its judge
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -87,7 +87,8 @@ def preferences_stage(cfg: PipelineConfig, paths: Paths, sft_model: str | None,
     inp = {"prompts": [str(paths.rm_prompts)]}
     if "max_prompt_tokens" in (cfg.build_lists.get("input") or {}):
         inp["max_prompt_tokens"] = cfg.build_lists["input"]["max_prompt_tokens"]
-    tree = {"input": inp, "generate": gen, "score": {"name": "function", "function": GOLD_REWARD},
+    score = {"name": "function", "function": gold_reward_spec(cfg.world.task)}  # the world's raters
+    tree = {"input": inp, "generate": gen, "score": score,
             "label": {"method": "identity"}, "reference": None, "output": {"dir": ""}, "tracking": {**track},
             "resources": cfg.build_lists.get("resources") or {}}
     return _lists(cfg, paths, tree, "world (preference data)", {}, "preferences", "preferences")
@@ -147,7 +148,7 @@ def evaluate_stage(cfg: PipelineConfig, paths: Paths, policy_start: str | None, 
                "baseline": "model" if policy_start else "auto",
                "tracking": {"uri": tracking_uri, "experiment": cfg.experiment}}
     if cfg.world:
-        derived["judge"] = {"function": GOLD_REWARD}
+        derived["judge"] = {"function": gold_reward_spec(cfg.world.task)}
     return _named(EvalConfig, derived, cfg.evaluate, "evaluate", f"{cfg.name}-eval")
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lipo import tracking
-from lipo.bootstrap.copytask import make_world
+from lipo.bootstrap import WORLDS
 from lipo.evaluation.config import EvalConfig
 from lipo.evaluation.stage import run_eval
 from lipo.lists.build import build_lists
@@ -79,7 +79,8 @@ def upstream(cfg: PipelineConfig, paths: Paths, stages: StageConfigs, ledger: Le
 
 # One function per stage: run it with the library's driver, keep what later stages and the summary need.
 def write_world(paths: Paths, w: WorldConfig) -> Result:
-    files = make_world(paths.world, w.n_demos, w.n_rm_lists, w.n_prompts, w.n_eval, w.noise, w.rm_list_size, w.seed)
+    files = WORLDS[w.task].make_world(paths.world, w.n_demos, w.n_rm_lists, w.n_prompts, w.n_eval, w.noise,
+                                      w.rm_list_size, w.seed)
     return {name: str(path) for name, path in files.items()}
 
 

@@ -22,10 +22,10 @@ import torch
 from lipo import tracking
 from lipo.data.readers import read_lists
 from lipo.data.records import prompt_of
+from lipo.bootstrap import gold_reward_spec
 from lipo.lists.scorers import resolve_function
 from lipo.metrics import pairwise_accuracy
 from lipo.mlflow_models import logged_model_id
-from lipo.pipeline.resolve import GOLD_REWARD
 from lipo.tracking import StageRun
 
 
@@ -106,7 +106,7 @@ def report_summary(parent: StageRun, cfg, res: dict, skipped: list[str]) -> dict
     pref = res.get("preferences", {}).get("counts", {})
     agreement = None
     if cfg.world is not None and "reward_model" in res:
-        agreement = judge_agreement(res["build_lists"]["output_dir"], GOLD_REWARD)
+        agreement = judge_agreement(res["build_lists"]["output_dir"], gold_reward_spec(cfg.world.task))
     summary = {
         "preference_lists": pref.get("lists"),
         "lists": counts.get("lists"), "prompts": counts.get("prompts"), "candidates": counts.get("candidates"),

@@ -8,8 +8,9 @@ import pytest
 
 from lipo.config import load_config
 from lipo.errors import ConfigError
+from lipo.bootstrap import gold_reward_spec
 from lipo.pipeline.config import PipelineConfig
-from lipo.pipeline.resolve import GOLD_REWARD, resolve
+from lipo.pipeline.resolve import resolve
 
 REPO = Path(__file__).resolve().parents[3]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -30,7 +31,8 @@ def test_preference_data_are_sft_samples_labelled_by_gold(tmp_path):
     assert (pref.generate.temperature, pref.generate.max_new_tokens) == (bl.generate.temperature,
                                                                            bl.generate.max_new_tokens)
     assert not pref.generate.include_reference
-    assert (pref.score.name, pref.score.function, pref.label.method) == ("function", GOLD_REWARD, "identity")
+    assert (pref.score.name, pref.score.function, pref.label.method) == (
+        "function", gold_reward_spec("copy"), "identity")
     assert pref.reference is None and pref.output.dir != bl.output.dir
     assert s.reward_model.data.train == [pref.output.dir]
     assert s.reward_model.model.path == sft_dir  # the reward model starts from the SFT policy

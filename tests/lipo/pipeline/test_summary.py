@@ -10,7 +10,7 @@ import pytest
 
 from lipo import tracking
 
-from lipo.pipeline.resolve import GOLD_REWARD
+from lipo.bootstrap import gold_reward_spec
 from lipo.pipeline.summary import judge_agreement, report_summary
 
 
@@ -32,12 +32,12 @@ def test_agreement_counts_pairs_by_hand(tmp_path):
         # gold 1.0 vs 0.6 with tied rewards: half a pair, as in the reward model's held-out accuracy
         (["abcde", "abxye"], [1.0, 1.0]),
     ])
-    assert judge_agreement(str(path), GOLD_REWARD) == pytest.approx((2 + 0.5) / 4)
+    assert judge_agreement(str(path), gold_reward_spec("copy")) == pytest.approx((2 + 0.5) / 4)
 
 
 def test_no_untied_pairs_gives_none(tmp_path):
     path = write_lists(tmp_path / "lists.jsonl", [(["abxde", "abcxe"], [0.0, 1.0])])
-    assert judge_agreement(str(path), GOLD_REWARD) is None
+    assert judge_agreement(str(path), gold_reward_spec("copy")) is None
 
 
 def test_parent_run_shows_win_rates_and_each_childs_final_metrics(tmp_path, capsys):

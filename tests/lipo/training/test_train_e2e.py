@@ -2,6 +2,12 @@
 
 These are the acceptance runs of the trainer: learning (loss falls, full-data pair accuracy > 0.9), exact resume after
 a killed worker and after a relaunched driver, gradient-accumulation parity, and what MLflow holds afterwards.
+
+    pytest tests/lipo/training/test_train_e2e.py
+
+CI time (issue 17): one straight 6-step run (the `straight` fixture, module scope) serves both the MLflow test and the
+resume test's reference, so the module pays for one Ray Train launch fewer. The MLflow test alone (the lower-bound
+lane, Makefile LOWER_TESTS) still runs exactly one short Ray Train + DeepSpeed run that MLflow records.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_toy_lists
 from helpers import full_batch, load_weights, max_abs_diff, scores_of, train_config
 
 from lipo.errors import LipoError
@@ -21,9 +28,23 @@ from lipo.training.tasks import ListwiseTask
 
 pytestmark = pytest.mark.slow
 
+# The straight run's settings, shared by the resume test's killed-and-relaunched run (which must match it exactly).
+RESUME_ARGS = ("run_name=r", "optim.lr=3e-3", "optim.micro_batch_size=1", "optim.epochs=2", "optim.max_steps=6",
+               "checkpoint.every=2", "checkpoint.keep=2")  # 8 lists: 4 steps an epoch, 6 steps
+
 
 def _run(cfg, fault=None):
     return launch(ListwiseTask(cfg), fault=fault)
+
+
+@pytest.fixture(scope="module")
+def straight(ray_local, tmp_path_factory):
+    """One uninterrupted 6-step run named `r` into its own MLflow store: (dir, lists, store uri, result)."""
+    tmp = tmp_path_factory.mktemp("straight")
+    lists = write_toy_lists(tmp / "lists.jsonl")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    result = _run(train_config(tmp, lists, f"output_dir={tmp / 'straight'}", f"tracking.uri={uri}", *RESUME_ARGS))
+    return tmp, lists, uri, result
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -45,22 +66,22 @@ def test_zero_run_learns_to_rank(ray_local, tmp_path, toy_lists, stage):
     assert acc > 0.9, f"full-data pairwise accuracy {acc:.3f}"  # the untrained policy scores all 0: 0.5
 
 
-def test_mlflow_holds_run_params_metrics_and_model(ray_local, tmp_path, toy_lists):
+def test_mlflow_holds_run_params_metrics_and_model(straight, tmp_path):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from transformers import AutoModelForCausalLM
 
     from lipo import tracking
     from lipo.models.tiny import tiny_llama
+    from lipo.training import checkpoints as ck
 
-    cfg = train_config(tmp_path, toy_lists, "run_name=tracked", "optim.lr=1e-3", "optim.max_steps=4",
-                       "checkpoint.every=2")
-    result = _run(cfg)
+    tmp, lists, uri, result = straight
+    assert result.tracking_uri == uri
     c = tracking.client(result.tracking_uri)
     run = c.get_run(result.run_id)
-    assert run.info.run_name == "tracked" and run.info.status == "FINISHED"
-    assert run.data.params["objective.name"] == "lambda" and run.data.params["optim.lr"] == "0.001"
+    assert run.info.run_name == "r" and run.info.status == "FINISHED"
+    assert run.data.params["objective.name"] == "lambda" and run.data.params["optim.lr"] == "0.003"
     steps = [m.step for m in c.get_metric_history(result.run_id, "train/pair_accuracy")]
-    assert sorted(steps) == [1, 2, 3, 4]
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]
     for key in ("train/ndcg", "train/margin", "train/log_ratio", "train/lr", "train/grad_norm", "train/tokens_per_s"):
         assert key in run.data.metrics
     # The exported model, fetched back from MLflow, scores exactly like the weights in the last DeepSpeed checkpoint.
@@ -69,17 +90,19 @@ def test_mlflow_holds_run_params_metrics_and_model(ray_local, tmp_path, toy_list
     local = Path(resolve(f"runs:/{result.run_id}", result.tracking_uri, cache_dir=str(tmp_path / "dl")))
     assert (local.parent / "MLmodel").is_file()  # the transformers flavour, its checkpoint under model/
     exported = AutoModelForCausalLM.from_pretrained(local).eval()
-    ckpt = sorted(p for p in (tmp_path / "runs" / "tracked").glob("checkpoint_*") if p.is_dir())[-1]
+    run_dir = tmp / "straight" / "r"
+    last = ck.newest(str(run_dir))
+    assert last.step == 6
     trained = tiny_llama(seed=0)
-    trained.load_state_dict(get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="state"))
-    batch = full_batch(toy_lists)
+    trained.load_state_dict(get_fp32_state_dict_from_zero_checkpoint(str(run_dir / last.name), tag="state"))
+    batch = full_batch(lists)
     with torch.no_grad():
         a, b = sequence_logps(exported, batch), sequence_logps(trained.eval(), batch)
     assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
     assert (a - sequence_logps(tiny_llama(seed=0), batch)).abs().max() > 1e-3  # training moved the weights
 
 
-def test_resume_after_killed_worker_and_relaunched_driver(ray_local, tmp_path, toy_lists, capsys):
+def test_resume_after_killed_worker_and_relaunched_driver(straight, tmp_path, capsys):
     """One killed-and-resumed run against a straight one, both named `r` in one MLflow store (issue 16, 11 and 12).
 
     A worker dies at step 3 and Ray Train restarts the group; it dies again at step 5, past `max_failures`, and
@@ -91,12 +114,9 @@ def test_resume_after_killed_worker_and_relaunched_driver(ray_local, tmp_path, t
     from lipo import tracking
     from lipo.training import checkpoints as ck
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = ("run_name=r", f"tracking.uri={uri}", "optim.lr=3e-3", "optim.micro_batch_size=1", "optim.epochs=2",
-            "optim.max_steps=6", "checkpoint.every=2", "checkpoint.keep=2")  # 4 steps an epoch: 6 steps
-    ref = _run(train_config(tmp_path, toy_lists, f"output_dir={tmp_path / 'straight'}", *args))
+    _, lists, uri, ref = straight  # the straight run: its own output_dir, the store this run logs to as well
     faults = [{"step": s, "rank": 1, "marker": str(tmp_path / f"killed-at-{s}")} for s in (3, 5)]
-    cfg = train_config(tmp_path, toy_lists, "checkpoint.max_failures=1", *args)
+    cfg = train_config(tmp_path, lists, "checkpoint.max_failures=1", f"tracking.uri={uri}", *RESUME_ARGS)
     with pytest.raises(LipoError, match="rerun with run_name=r to resume"):
         _run(cfg, faults)
     assert all(Path(f["marker"]).exists() for f in faults)
