@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_toy_lists
+from tests.conftest import write_toy_lists
 from helpers import full_batch, load_weights, max_abs_diff, scores_of, train_config
 
 from lipo.errors import LipoError
